@@ -1,0 +1,117 @@
+"""Command line: ``ics-sensor replay`` and friends. Errors end with one line on stderr and a non-zero status."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sensor import __version__
+from sensor.config import Config, ConfigError, load_config
+from sensor.outputs.ndjson import NdjsonSink
+from sensor.outputs.ecs import Observer
+from sensor.pipeline import Outputs, Pipeline
+from sensor.source import CaptureError, SourceReport, expand_paths, read_captures
+
+
+def fail(reason: str, code: int = 2) -> None:
+    click.echo(f"ics-sensor: error: {reason}", err=True)
+    sys.exit(code)
+
+
+def observer_from(config: Config) -> Observer:
+    s = config.raw["sensor"]
+    import socket
+
+    return Observer(
+        name=s["name"] or socket.gethostname(), hostname=socket.gethostname(), site=s["site"],
+        organization=s["organization"], labels={str(k): str(v) for k, v in (s["labels"] or {}).items()},
+    )  # fmt: skip
+
+
+def _progress(paths: list[str]) -> tuple[Callable[[int, int], None] | None, Any]:
+    """A rich progress bar on a terminal; nothing when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    total = sum(os.path.getsize(p) for p in paths)
+    prog = Progress(
+        TextColumn("replay"), BarColumn(), TextColumn("{task.fields[packets]:,} packets"), TransferSpeedColumn(),
+        TimeRemainingColumn(), transient=True,
+    )  # fmt: skip
+    task = prog.add_task("replay", total=total, packets=0)
+    prog.start()
+
+    def update(packets: int, nbytes: int) -> None:
+        prog.update(task, completed=min(total, nbytes + 16 * packets), packets=packets)
+
+    return update, prog
+
+
+def summary_lines(stats: dict[str, Any], report: SourceReport) -> list[str]:
+    msgs = ", ".join(f"{k} {v:,}" for k, v in stats["messages"].items()) or "none"
+    lines = [
+        f"captures: {len(report.files)}  packets: {stats['packets']:,}  bytes: {stats['bytes']:,}  flows: {stats['flows']:,}",
+        f"messages: {msgs}",
+        f"decode errors: {stats['decode_errors']:,}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in stats['decode_errors_by_name'].items())})" if stats["decode_errors"] else ""),
+        f"alerts: {stats['alerts']:,}",
+        f"seconds: {stats['seconds']:.2f}  packets/s: {stats['packets_per_second']:,}",
+    ]
+    lines += [f"warning: {p}" for p in report.problems]
+    return lines
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ics-sensor")
+def main() -> None:
+    """Passive ICS network security sensor: Modbus/TCP, S7comm and MQTT, rules and a learned baseline."""
+
+
+@main.command()
+@click.argument("captures", nargs=-1, required=True)
+@click.option("--events", "events_path", metavar="PATH", help="NDJSON of every decoded message and decode error ('-' = stdout).")
+@click.option("--alerts", "alerts_path", metavar="PATH", help="NDJSON of alerts ('-' = stdout).")
+@click.option("--stats", "stats_path", metavar="PATH", help="NDJSON with the final sensor statistics document.")
+@click.option("--config", "config_path", metavar="PATH", help="Sensor configuration (YAML).")
+@click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
+def replay(
+    captures: tuple[str, ...], events_path: str | None, alerts_path: str | None, stats_path: str | None,
+    config_path: str | None, quiet: bool,
+) -> None:  # fmt: skip
+    """Replay pcap/pcapng captures (files, gzip'd files or directories) through the sensor."""
+    try:
+        config = load_config(config_path)
+        files = expand_paths(list(captures))
+    except (ConfigError, CaptureError) as e:
+        fail(str(e))
+    outputs = Outputs()
+    for path, kind in ((events_path, "events"), (alerts_path, "alerts"), (stats_path, "stats")):
+        if path:
+            getattr(outputs, kind).append(NdjsonSink(path))
+    report = SourceReport()
+    pipe = Pipeline(config, outputs, detectors=[], observer=observer_from(config))
+    update, prog = _progress(files)
+    try:
+        pipe.open()
+        pipe.run(read_captures(files, report), progress=update)
+    except CaptureError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{e.filename or ''}: {e.strerror or e}")
+    finally:
+        if prog is not None:
+            prog.stop()
+    stats = pipe.close()
+    stats["source_problems"] = list(report.problems)
+    if not quiet:
+        for line in summary_lines(stats, report):
+            click.echo(line, err=True)
+
+
+if __name__ == "__main__":
+    main()

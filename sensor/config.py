@@ -1,0 +1,163 @@
+"""Sensor configuration (YAML, safe loading only). Every key is checked; an error names the key and the file.
+
+Secrets are never written in the file itself by preference: any string value ``${ENV_NAME}`` is replaced by that
+environment variable, and ``*_file`` keys name files that must be readable by their owner only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    pass
+
+
+# key -> (type or nested schema, default). A nested dict schema validates a mapping; "*" accepts any key.
+_PORTS = {"modbus": (list, [502]), "s7comm": (list, [102]), "mqtt": (list, [1883]), "mqtt_tls": (list, [8883])}
+SCHEMA: dict[str, Any] = {
+    "sensor": ({"name": (str, None), "site": (str, None), "organization": (str, None), "labels": (dict, {})}, {}),
+    "interfaces": (list, []),
+    "bpf": (str, None),
+    "ports": (_PORTS, {}),
+    "lists": (dict, {}),
+    "rules": ({"paths": (list, []), "builtin": (bool, True), "aggregate_seconds": ((int, float), 60)}, {}),
+    "model": ({"path": (str, None)}, {}),
+    "decoders": (
+        {
+            "modbus": ({"max_values": (int, 128), "max_outstanding": (int, 1024)}, {}),
+            "s7comm": (dict, {}),
+            "mqtt": (dict, {}),
+        },
+        {},
+    ),
+    "flows": (
+        {
+            "max_flows": (int, 100_000),
+            "max_stream_buffer": (int, 1 << 20),
+            "max_ooo_segments": (int, 256),
+            "idle_timeout": ((int, float), 300),
+        },
+        {},
+    ),
+    "outputs": (dict, {}),
+    "health": (dict, {}),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    raw: dict[str, Any] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    def get(self, *path: str) -> Any:
+        node: Any = self.raw
+        for p in path:
+            node = node[p]
+        return node
+
+    @property
+    def sensor_name(self) -> str:
+        return self.raw["sensor"]["name"] or socket.gethostname()
+
+    @property
+    def ports(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v) for k, v in self.raw["ports"].items()}
+
+    @property
+    def lists(self) -> dict[str, list[str]]:
+        return self.raw["lists"]
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in os.environ:
+                raise ConfigError(f"{key}: environment variable {m.group(1)} is not set")
+            return os.environ[m.group(1)]
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, list):
+        return [_expand(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{key}.{k}") for k, v in value.items()}
+    return value
+
+
+def _validate(data: Any, schema: dict[str, Any], prefix: str) -> dict[str, Any]:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'top level'}: expected a mapping, got {type(data).__name__}")
+    out: dict[str, Any] = {}
+    for key in data:
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(f"{prefix}{key}: unknown key (known here: {known})")
+    for key, (typ, default) in schema.items():
+        path = f"{prefix}{key}"
+        if isinstance(typ, dict):
+            out[key] = _validate(data.get(key, default), typ, path + ".")
+            continue
+        value = data.get(key, default)
+        if value is None:
+            out[key] = None
+            continue
+        if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+            want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+            raise ConfigError(f"{path}: expected {want}, got {type(value).__name__} ({value!r})")
+        out[key] = value
+    return out
+
+
+def _check_semantics(c: dict[str, Any]) -> None:
+    for proto, ports in c["ports"].items():
+        for p in ports:
+            if not isinstance(p, int) or isinstance(p, bool) or not 0 < p < 65536:
+                raise ConfigError(f"ports.{proto}: {p!r} is not a TCP port number")
+    for name, entries in c["lists"].items():
+        if not isinstance(entries, list):
+            raise ConfigError(f"lists.{name}: expected a list of addresses, networks or names")
+        for e in entries:
+            if not isinstance(e, str | int):
+                raise ConfigError(f"lists.{name}: {e!r} is not an address, network or name")
+            s = str(e)
+            if "/" in s or s.replace(".", "").isdigit() or ":" in s:
+                try:
+                    ipaddress.ip_network(s, strict=False)
+                except ValueError:
+                    raise ConfigError(f"lists.{name}: {s!r} is not a valid address or network") from None
+    for k in ("max_flows", "max_stream_buffer", "max_ooo_segments"):
+        if c["flows"][k] <= 0:
+            raise ConfigError(f"flows.{k}: must be positive")
+
+
+def load_config(path: str | None) -> Config:
+    if path is None:
+        raw = _validate({}, SCHEMA, "")
+        return Config(raw)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    try:
+        raw = _validate(_expand(data, "config"), SCHEMA, "")
+        _check_semantics(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return Config(raw, path)

@@ -1,0 +1,1 @@
+"""Output sinks and the one module (ecs) that maps everything to Elastic Common Schema documents."""

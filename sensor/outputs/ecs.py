@@ -1,0 +1,203 @@
+"""The one place that maps messages, anomalies, alerts and stats to Elastic Common Schema documents.
+
+ECS names only where ECS has the concept (checked against ecs_flat.yml in tests); protocol fields live under
+``ics.<protocol>.*`` as named by the protocol's field registry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from sensor import __version__
+from sensor.messages import SEVERITY_SCORES, Alert, Anomaly, FieldRegistry, FlowInfo, Message
+
+Document = dict[str, Any]
+MODULE = "ics_sensor"
+EVENT_DATASET = "ics_sensor.event"
+ALERT_DATASET = "ics_sensor.alert"
+STATS_DATASET = "ics_sensor.stats"
+ASSET_DATASET = "ics_sensor.asset"
+ATTACK_FRAMEWORK = "MITRE ATT&CK for ICS"
+
+
+@dataclass(frozen=True)
+class Observer:
+    name: str = "ics-sensor"
+    hostname: str = "localhost"
+    site: str | None = None
+    organization: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+_sec_cache: dict[int, str] = {}
+_slugs: dict[Any, str] = {}
+
+
+def _slug(value: Any) -> str:
+    """ECS event.action style: "Read Holding Registers" -> "read-holding-registers" (cached: few values)."""
+    s = _slugs.get(value)
+    if s is None:
+        s = "-".join(str(value).lower().replace("_", " ").replace("/", " ").split())
+        if len(_slugs) < 4096:
+            _slugs[value] = s
+    return s
+
+
+def timestamp(ts_ns: int) -> str:
+    """ISO 8601 UTC with nanoseconds (Elasticsearch date_nanos keeps them; date truncates to ms)."""
+    sec, frac = divmod(ts_ns, 1_000_000_000)
+    base = _sec_cache.get(sec)
+    if base is None:
+        if len(_sec_cache) > 4096:
+            _sec_cache.clear()
+        base = _sec_cache[sec] = dt.datetime.fromtimestamp(sec, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{frac:09d}Z"
+
+
+class EcsMapper:
+    def __init__(self, observer: Observer, registries: dict[str, FieldRegistry]) -> None:
+        self.observer_doc: Document = {
+            "name": observer.name, "hostname": observer.hostname, "type": "sensor",
+            "vendor": "ics-sensor", "product": "ics-sensor", "version": __version__,
+        }  # fmt: skip
+        labels = dict(observer.labels)
+        if observer.site:
+            labels["site"] = observer.site
+        self.labels = labels
+        self.organization = {"name": observer.organization} if observer.organization else None
+        self.registries = registries
+        self._flow_cache: dict[int, tuple[Document, Document, Document, Document, list[str]]] = {}
+
+    def _common(self, doc: Document) -> Document:
+        doc["observer"] = self.observer_doc
+        if self.labels:
+            doc["labels"] = self.labels
+        if self.organization:
+            doc["organization"] = self.organization
+        return doc
+
+    def _endpoints(self, flow: FlowInfo) -> tuple[Document, Document, Document, Document, list[str]]:
+        cached = self._flow_cache.get(flow.flow_id)
+        if cached is not None and cached[0]["ip"] == flow.client_ip:
+            return cached
+        if len(self._flow_cache) > 65536:
+            self._flow_cache.clear()
+        client = {"ip": flow.client_ip, "port": flow.client_port}
+        server = {"ip": flow.server_ip, "port": flow.server_port}
+        net = {"transport": flow.transport, "community_id": flow.community_id, "type": "ipv6" if ":" in flow.client_ip else "ipv4"}
+        if flow.vlan:
+            net["vlan"] = {"id": str(flow.vlan[0])}
+            if len(flow.vlan) > 1:
+                net["inner"] = {"vlan": {"id": str(flow.vlan[1])}}
+        related = sorted({flow.client_ip, flow.server_ip})
+        cached = self._flow_cache[flow.flow_id] = (client, server, net, {"id": str(flow.flow_id)}, related)
+        return cached
+
+    def _network_part(self, doc: Document, flow: FlowInfo | None, from_client: bool, protocol: str) -> None:
+        if flow is None:
+            doc["network"] = {"protocol": protocol}
+            return
+        client, server, net, _fid, related = self._endpoints(flow)
+        doc["source"], doc["destination"] = (client, server) if from_client else (server, client)
+        doc["client"], doc["server"] = client, server
+        doc["network"] = {**net, "protocol": protocol, "direction": "unknown"}
+        doc["related"] = {"ip": related}
+
+    @staticmethod
+    def _log(packet: Any) -> Document:
+        log: Document = {"file": {"path": packet.file}} if packet.file else {}
+        if packet.offset >= 0:
+            log["offset"] = packet.offset
+        return log
+
+    def message(self, m: Message) -> Document:
+        f = m.fields
+        reg = self.registries.get(m.protocol)
+        action = f.get(reg.action_field) if reg else None
+        event: Document = {
+            "kind": "event", "category": ["network"], "type": ["protocol"], "module": MODULE,
+            "dataset": EVENT_DATASET,
+        }  # fmt: skip
+        if action is not None:
+            event["action"] = _slug(action)
+        if m.duration_ns is not None:
+            event["duration"] = m.duration_ns
+        if f.get("is_exception") or f.get("is_error"):
+            event["outcome"] = "failure"
+        elif not m.from_client:
+            event["outcome"] = "success"
+        doc: Document = {"@timestamp": timestamp(m.ts), "event": event}
+        self._network_part(doc, m.flow, m.from_client, m.protocol)
+        doc["ics"] = {m.protocol: f, "frame": m.packet.frame}
+        log = self._log(m.packet)
+        if log:
+            doc["log"] = log
+        return self._common(doc)
+
+    def anomaly(self, a: Anomaly) -> Document:
+        doc: Document = {
+            "@timestamp": timestamp(a.ts),
+            "event": {
+                "kind": "event", "category": ["network"], "type": ["error", "protocol"], "module": MODULE,
+                "dataset": EVENT_DATASET, "action": "decode_error", "outcome": "failure",
+            },
+            "error": {"code": a.name, "message": a.reason, "type": "protocol_anomaly"},
+        }  # fmt: skip
+        self._network_part(doc, a.flow, a.from_client, a.protocol)
+        doc["ics"] = {a.protocol: a.fields, "frame": a.packet.frame} if a.fields else {"frame": a.packet.frame}
+        log = self._log(a.packet)
+        if log:
+            doc["log"] = log
+        return self._common(doc)
+
+    def alert(self, al: Alert) -> Document:
+        m = al.message
+        base = self.message(m) if isinstance(m, Message) else self.anomaly(m)
+        first = al.first_ts or al.ts
+        last = al.last_ts or al.ts
+        base["@timestamp"] = timestamp(first)
+        event: Document = {
+            "kind": "alert", "category": ["network", "intrusion_detection"], "type": ["info"],
+            "module": MODULE, "dataset": ALERT_DATASET, "severity": SEVERITY_SCORES.get(al.severity, 47),
+            "start": timestamp(first), "end": timestamp(last), "risk_score": float(SEVERITY_SCORES.get(al.severity, 47)),
+            "reason": al.explanation or al.description,
+        }  # fmt: skip
+        if "action" in base["event"]:
+            event["action"] = base["event"]["action"]
+        if al.score is not None:
+            event["risk_score"] = round(float(al.score) * 100, 2)
+        base["event"] = event
+        base["rule"] = {
+            "id": al.rule_id, "uuid": al.rule_id, "name": al.rule_name, "description": al.description,
+            "version": al.rule_version, "category": al.rule_category or al.detector, "ruleset": al.detector,
+        }  # fmt: skip
+        if al.references:
+            base["rule"]["reference"] = " ".join(al.references)
+        if al.techniques:
+            base["threat"] = {
+                "framework": ATTACK_FRAMEWORK,
+                "technique": {
+                    "id": list(al.techniques),
+                    "reference": [f"https://attack.mitre.org/techniques/{t.replace('.', '/')}/" for t in al.techniques],
+                },
+            }
+        base["ics"]["alert"] = {
+            "count": al.count, "severity": al.severity, "detector": al.detector, "attack_version": al.attack_version,
+        }  # fmt: skip
+        if al.explanation:
+            base["message"] = al.explanation
+        else:
+            base["message"] = al.rule_name
+        if al.extra:
+            base["ics"]["alert"]["details"] = al.extra
+        return base
+
+    def stats(self, ts_ns: int, stats: Document) -> Document:
+        doc: Document = {
+            "@timestamp": timestamp(ts_ns),
+            "event": {"kind": "metric", "category": ["network"], "type": ["info"], "module": MODULE, "dataset": STATS_DATASET},
+            "ics": {"stats": stats},
+        }
+        return self._common(doc)

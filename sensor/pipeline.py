@@ -1,0 +1,215 @@
+"""The replay/live spine: records -> frames -> flows/decoders -> detectors -> outputs, in one thread.
+
+Detectors and sinks are handed in, so the pipeline knows their seams only. Everything is driven by capture
+time, so the same capture always gives the same documents.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectors.base import Detector
+from sensor.config import Config
+from sensor.flows import FlowConfig, FlowTable
+from sensor.frames import FrameDecoder
+from sensor.messages import Alert, Anomaly, Message, PacketRef
+from sensor.outputs.base import Sink
+from sensor.outputs.ecs import EcsMapper, Observer
+from sensor.protocols import registry
+from sensor.source import Record
+
+BATCH = 2048
+TICK_NS = 1_000_000_000
+
+
+@dataclass
+class Outputs:
+    """Sinks per document kind: protocol events (and decode errors), alerts, stats."""
+
+    events: list[Sink] = field(default_factory=list)
+    alerts: list[Sink] = field(default_factory=list)
+    stats: list[Sink] = field(default_factory=list)
+
+    def all(self) -> list[Sink]:
+        seen: dict[int, Sink] = {}
+        for s in (*self.events, *self.alerts, *self.stats):
+            seen[id(s)] = s
+        return list(seen.values())
+
+
+@dataclass
+class Counters:
+    packets: int = 0
+    bytes: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    decode_errors: dict[str, int] = field(default_factory=dict)
+    alerts: int = 0
+    alerts_by_rule: dict[str, int] = field(default_factory=dict)
+    first_ts: int | None = None
+    last_ts: int | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        outputs: Outputs | None = None,
+        detectors: Iterable[Detector] = (),
+        observer: Observer | None = None,
+        on_alert: Callable[[Alert], None] | None = None,
+    ) -> None:
+        self.config = config
+        opts = config.raw["decoders"]
+        self.decoders = {name: registry.create(name, **opts.get(name, {})) for name in registry.names()}
+        fc = config.raw["flows"]
+        self.frames = FrameDecoder()
+        self.flows = FlowTable(
+            self.decoders,
+            config.ports,
+            self._on_message,
+            FlowConfig(fc["max_flows"], fc["max_stream_buffer"], fc["max_ooo_segments"], float(fc["idle_timeout"])),
+        )
+        self.outputs = outputs or Outputs()
+        self.detectors = list(detectors)
+        self.mapper = EcsMapper(
+            observer or Observer(name=config.sensor_name), {n: d.registry for n, d in self.decoders.items()}
+        )
+        self.counters = Counters()
+        self.on_alert = on_alert
+        self._events: list[dict[str, Any]] = []
+        self._alerts: list[dict[str, Any]] = []
+        self._next_tick = 0
+        self.started = 0.0
+        self.elapsed = 0.0
+
+    # -- message path ------------------------------------------------------------------------------------------
+    def _on_message(self, m: Message | Anomaly) -> None:
+        c = self.counters
+        if type(m) is Message:
+            c.messages[m.protocol] = c.messages.get(m.protocol, 0) + 1
+            if self.outputs.events:
+                self._events.append(self.mapper.message(m))
+        else:
+            assert isinstance(m, Anomaly)
+            c.decode_errors[m.name] = c.decode_errors.get(m.name, 0) + 1
+            if self.outputs.events:
+                self._events.append(self.mapper.anomaly(m))
+        for d in self.detectors:
+            for a in d.on_message(m):
+                self._alert(a)
+        if len(self._events) >= BATCH:
+            self._flush_events()
+
+    def _alert(self, a: Alert) -> None:
+        c = self.counters
+        c.alerts += 1
+        c.alerts_by_rule[a.rule_id] = c.alerts_by_rule.get(a.rule_id, 0) + 1
+        if self.on_alert:
+            self.on_alert(a)
+        if self.outputs.alerts:
+            self._alerts.append(self.mapper.alert(a))
+            if len(self._alerts) >= BATCH:
+                self._flush_alerts()
+
+    def _flush_events(self) -> None:
+        batch, self._events = self._events, []
+        for s in self.outputs.events:
+            s.write(batch)
+
+    def _flush_alerts(self) -> None:
+        batch, self._alerts = self._alerts, []
+        for s in self.outputs.alerts:
+            s.write(batch)
+
+    def _tick(self, ts: int) -> None:
+        self._next_tick = ts + TICK_NS
+        for d in self.detectors:
+            for a in d.on_time(ts):
+                self._alert(a)
+
+    # -- driving -----------------------------------------------------------------------------------------------
+    def open(self) -> None:
+        for s in self.outputs.all():
+            s.open()
+        self.started = time.perf_counter()
+
+    def run(self, records: Iterable[Record], progress: Callable[[int, int], None] | None = None) -> None:
+        """Process every record. ``progress(packets, bytes)`` is called every 64k packets."""
+        decode = self.frames.decode
+        process = self.flows.process
+        c = self.counters
+        packets = c.packets
+        nbytes = c.bytes
+        rec: Record | None = None
+        for rec in records:
+            packets += 1
+            nbytes += len(rec.data)
+            ts = rec.ts
+            if ts >= self._next_tick:
+                if c.first_ts is None:
+                    c.first_ts = ts
+                c.packets, c.bytes = packets, nbytes
+                self._tick(ts)
+            seg = decode(ts, rec.linktype, rec.data)
+            if seg is not None:
+                process(seg, rec)
+            if progress is not None and not packets & 0xFFFF:
+                progress(packets, nbytes)
+        c.packets, c.bytes = packets, nbytes
+        if rec is not None:
+            c.last_ts = max(c.last_ts or 0, rec.ts)
+            if c.first_ts is None:
+                c.first_ts = rec.ts
+            self._last_packet: PacketRef = rec
+
+    def close(self) -> dict[str, Any]:
+        """End of input: close flows (unanswered requests), detectors, write stats, close sinks."""
+        last = getattr(self, "_last_packet", PacketRef(None, 0, -1))
+        self.flows.close_all(last)
+        for d in self.detectors:
+            for a in d.close():
+                self._alert(a)
+        self._flush_events()
+        self._flush_alerts()
+        self.elapsed = time.perf_counter() - self.started
+        stats = self.stats()
+        if self.outputs.stats:
+            doc = self.mapper.stats(self.counters.last_ts or 0, stats)
+            for s in self.outputs.stats:
+                s.write([doc])
+        for s in self.outputs.all():
+            s.close()
+        return stats
+
+    def stats(self) -> dict[str, Any]:
+        c, fl, fr = self.counters, self.flows.stats, self.frames.stats
+        secs = self.elapsed or (time.perf_counter() - self.started)
+        return {
+            "packets": c.packets,
+            "bytes": c.bytes,
+            "flows": fl.flows,
+            "messages": dict(sorted(c.messages.items())),
+            "decode_errors": sum(c.decode_errors.values()),
+            "decode_errors_by_name": dict(sorted(c.decode_errors.items())),
+            "alerts": c.alerts,
+            "alerts_by_rule": dict(sorted(c.alerts_by_rule.items())),
+            "seconds": round(secs, 3),
+            "packets_per_second": round(c.packets / secs) if secs > 0 else 0,
+            "frames": {
+                "not_ip": fr.not_ip, "not_tcp_udp": fr.not_tcp_udp, "malformed": fr.malformed,
+                "unsupported_link": fr.unsupported_link, "fragments": fr.fragments, "reassembled": fr.reassembled,
+                "fragments_evicted": self.frames.frags.evicted, "malformed_reasons": dict(sorted(fr.malformed_reasons.items())),
+            },
+            "tcp": {
+                "flows": fl.tcp_flows, "udp_flows": fl.udp_flows, "midstream": fl.midstream,
+                "evicted_idle": fl.evicted_idle, "evicted_cap": fl.evicted_cap,
+                "retransmissions": fl.retransmissions, "overlaps": fl.overlaps, "out_of_order": fl.out_of_order,
+                "gaps": fl.gaps, "gap_bytes": fl.gap_bytes, "buffer_cap_hits": fl.buffer_cap_hits,
+                "decoder_exceptions": fl.decoder_exceptions, "protocol_mismatches": fl.protocol_mismatches,
+            },
+            "flows_by_protocol": dict(sorted(fl.per_protocol.items())),
+            "decoders": dict(sorted(fl.decoder_counters.items())),
+        }  # fmt: skip

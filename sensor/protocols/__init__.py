@@ -1,0 +1,1 @@
+"""Protocol decoders, one package per protocol, found through ``registry``."""

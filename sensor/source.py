@@ -1,0 +1,305 @@
+"""Capture sources: pcap, pcapng and gzip-compressed files, several files or a directory in timestamp order.
+
+A source yields raw records and knows nothing about protocols. Damage in a file ends that file, never the
+replay: what was read before it is kept and the problem is reported with file and byte offset.
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from sensor.messages import PacketRef
+
+# libpcap file format (draft-ietf-opsawg-pcap): magic -> (byte order, nanosecond resolution)
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", False),
+    b"\xa1\xb2\xc3\xd4": (">", False),
+    b"\x4d\x3c\xb2\xa1": ("<", True),
+    b"\xa1\xb2\x3c\x4d": (">", True),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_RECORD = 16 * 1024 * 1024  # larger than any real snap length: a bigger record length is corruption
+CHUNK = 1 << 20
+
+
+class CaptureError(Exception):
+    """A capture that cannot be read at all (missing, wrong magic)."""
+
+
+@dataclass(slots=True)
+class Record(PacketRef):
+    """A raw captured packet; it is its own PacketRef so no second object is built per packet."""
+
+    ts: int  # nanoseconds since the epoch
+    linktype: int
+    data: bytes
+    wirelen: int
+
+
+@dataclass
+class SourceReport:
+    """What the sources saw: counted per file, problems stated with file and offset."""
+
+    files: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    records: int = 0
+    bytes: int = 0
+
+
+def _open(path: str) -> BinaryIO:
+    f = open(path, "rb")
+    if f.read(2) == GZIP_MAGIC:
+        f.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    f.seek(0)
+    return f
+
+
+class _Chunks:
+    """A forward-only buffer over a file object; keeps the absolute offset for error messages."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.buf = b""
+        self.pos = 0
+        self.base = 0  # absolute offset of buf[0]
+        self.eof = False
+
+    def ensure(self, n: int) -> bool:
+        """Make n bytes available at pos; False at end of file."""
+        if len(self.buf) - self.pos >= n:
+            return True
+        if self.eof:
+            return False
+        rest = self.buf[self.pos :]
+        self.base += self.pos
+        parts = [rest]
+        have = len(rest)
+        while have < n:
+            chunk = self.f.read(max(CHUNK, n - have))
+            if not chunk:
+                self.eof = True
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        self.buf = b"".join(parts)
+        self.pos = 0
+        return have >= n
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
+
+def read_capture(path: str, report: SourceReport) -> Iterator[Record]:
+    """Records of one pcap or pcapng file (optionally gzip-compressed)."""
+    try:
+        f = _open(path)
+        head = f.read(4)
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot open: {e.strerror or e}") from None
+    except (EOFError, gzip.BadGzipFile) as e:
+        raise CaptureError(f"{path}: bad gzip data: {e}") from None
+    report.files.append(path)
+    try:
+        if head in PCAP_MAGICS:
+            yield from _read_pcap(path, f, head, report)
+        elif head == PCAPNG_SHB:
+            yield from _read_pcapng(path, f, head, report)
+        else:
+            raise CaptureError(f"{path}: not a pcap or pcapng capture (magic {head.hex() or 'empty'})")
+    except (EOFError, gzip.BadGzipFile, OSError, __import__("zlib").error) as e:
+        report.problems.append(f"{path}: read error after {report.records} records: {e}")
+    finally:
+        f.close()
+
+
+def _read_pcap(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> Iterator[Record]:
+    order, nano = PCAP_MAGICS[magic]
+    c = _Chunks(f)
+    c.buf, c.base = magic, 0
+    if not c.ensure(24):
+        report.problems.append(f"{path}: truncated pcap file header at offset 0")
+        return
+    _, major, _minor, _tz, _sig, snaplen, network = struct.unpack_from(order + "IHHiIII", c.buf, 0)
+    c.pos = 24
+    linktype = network & 0x0FFFFFFF  # upper bits carry FCS information (pcap spec section 6)
+    if snaplen == 0:
+        report.problems.append(f"{path}: snap length 0 in the file header; reading records by their own lengths")
+    hdr = struct.Struct(order + "IIII")
+    mult = 1 if nano else 1000
+    frame = 0
+    unpack = hdr.unpack_from
+    while True:
+        if not c.ensure(16):
+            if c.remaining():
+                report.problems.append(
+                    f"{path}: truncated record header at offset {c.offset} ({c.remaining()} of 16 bytes)"
+                )
+            return
+        off = c.offset
+        sec, frac, caplen, wirelen = unpack(c.buf, c.pos)
+        if caplen > MAX_RECORD:
+            report.problems.append(f"{path}: corrupt record at offset {off}: captured length {caplen} is impossible")
+            return
+        if not c.ensure(16 + caplen):
+            report.problems.append(
+                f"{path}: truncated record at offset {off}: needs {caplen} bytes of data, {c.remaining() - 16} left"
+            )
+            return
+        p = c.pos + 16
+        data = c.buf[p : p + caplen]
+        c.pos = p + caplen
+        frame += 1
+        report.records += 1
+        report.bytes += caplen
+        yield Record(path, frame, off, sec * 1_000_000_000 + frac * mult, linktype, data, wirelen)
+
+
+def _tsresol_to_ns(v: int) -> tuple[int, int]:
+    """if_tsresol (pcapng section 4.2) as (multiplier, divisor) to nanoseconds."""
+    if v & 0x80:
+        return 1_000_000_000, 1 << (v & 0x7F)
+    if v <= 9:
+        return 10 ** (9 - v), 1
+    return 1, 10 ** (v - 9)
+
+
+def _read_pcapng(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> Iterator[Record]:
+    """pcapng (draft-ietf-opsawg-pcapng): SHB, IDB, EPB, SPB and the obsolete PB; other blocks skipped."""
+    c = _Chunks(f)
+    c.buf, c.base = magic, 0
+    order = "<"
+    ifaces: list[tuple[int, int, int, int, int]] = []  # linktype, snaplen, mult, div, tsoffset (s)
+    frame = 0
+    while True:
+        if not c.ensure(12):
+            if c.remaining():
+                report.problems.append(f"{path}: truncated block header at offset {c.offset}")
+            return
+        off = c.offset
+        btype = c.buf[c.pos : c.pos + 4]
+        if btype == PCAPNG_SHB:
+            bom = c.buf[c.pos + 8 : c.pos + 12]
+            if bom == b"\x4d\x3c\x2b\x1a":
+                order = "<"
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                order = ">"
+            else:
+                report.problems.append(f"{path}: bad byte-order magic {bom.hex()} in section header at offset {off}")
+                return
+            ifaces = []
+        (btype_i, blen) = struct.unpack_from(order + "II", c.buf, c.pos)
+        if blen < 12 or blen % 4 or blen > MAX_RECORD:
+            report.problems.append(f"{path}: impossible block length {blen} at offset {off}")
+            return
+        if not c.ensure(blen):
+            report.problems.append(f"{path}: truncated block at offset {off}: length {blen}, {c.remaining()} left")
+            return
+        body = c.pos + 8
+        end = c.pos + blen - 4
+        (trailer,) = struct.unpack_from(order + "I", c.buf, end)
+        if trailer != blen:
+            report.problems.append(f"{path}: block at offset {off}: trailing length {trailer} != {blen}")
+            return
+        buf = c.buf
+        c.pos += blen
+        if btype_i == 1:  # Interface Description Block
+            if end - body < 8:
+                report.problems.append(f"{path}: short interface block at offset {off}")
+                return
+            linktype, _, snaplen = struct.unpack_from(order + "HHI", buf, body)
+            mult, div, tsoff = 1000, 1, 0
+            for code, val in _options(buf, body + 8, end, order):
+                if code == 9 and val:
+                    mult, div = _tsresol_to_ns(val[0])
+                elif code == 14 and len(val) == 8:
+                    (tsoff,) = struct.unpack(order + "q", val)
+            ifaces.append((linktype, snaplen, mult, div, tsoff))
+        elif btype_i in (6, 2):  # Enhanced Packet Block, obsolete Packet Block
+            if btype_i == 6:
+                iface, hi, lo, caplen, wirelen = struct.unpack_from(order + "IIIII", buf, body)
+            else:
+                iface, _drops, hi, lo, caplen, wirelen = struct.unpack_from(order + "HHIIII", buf, body)
+            if iface >= len(ifaces):
+                report.problems.append(f"{path}: packet block at offset {off} names undefined interface {iface}")
+                return
+            data_at = body + 20
+            if data_at + caplen > end:
+                report.problems.append(f"{path}: packet block at offset {off}: captured length {caplen} past block")
+                return
+            linktype, _, mult, div, tsoff = ifaces[iface]
+            ts = (((hi << 32) | lo) * mult) // div + tsoff * 1_000_000_000
+            frame += 1
+            report.records += 1
+            report.bytes += caplen
+            yield Record(path, frame, off, ts, linktype, buf[data_at : data_at + caplen], wirelen)
+        elif btype_i == 3:  # Simple Packet Block: interface 0, no timestamp
+            if not ifaces:
+                report.problems.append(f"{path}: simple packet block at offset {off} before any interface")
+                return
+            (wirelen,) = struct.unpack_from(order + "I", buf, body)
+            linktype, snaplen, *_ = ifaces[0]
+            caplen = min(wirelen, end - body - 4, snaplen or wirelen)
+            frame += 1
+            report.records += 1
+            report.bytes += caplen
+            # SPB carries no timestamp; 0 keeps it first in a merge and deterministic.
+            yield Record(path, frame, off, 0, linktype, buf[body + 4 : body + 4 + caplen], wirelen)
+
+
+def _options(buf: bytes, pos: int, end: int, order: str) -> Iterator[tuple[int, bytes]]:
+    while pos + 4 <= end:
+        code, length = struct.unpack_from(order + "HH", buf, pos)
+        if code == 0:
+            return
+        val = buf[pos + 4 : pos + 4 + length]
+        pos += 4 + ((length + 3) & ~3)
+        yield code, val
+
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".gz", ".dmp")
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given; directories walked for captures, in name order for determinism."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for name in sorted(files):
+                    if name.lower().endswith(CAPTURE_SUFFIXES):
+                        out.append(os.path.join(root, name))
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            raise CaptureError(f"{p}: no such file or directory")
+    return out
+
+
+def read_captures(paths: list[str], report: SourceReport) -> Iterator[Record]:
+    """Every record of every capture, merged in timestamp order (ties keep file order, so a replay is stable)."""
+    files = expand_paths(paths)
+    if not files:
+        raise CaptureError("no capture files found in " + ", ".join(paths))
+    # Open every file first so that a missing or foreign file is a clear error before any output.
+    for path in files:
+        with _open(path) as f:
+            head = f.read(4)
+        if head not in PCAP_MAGICS and head != PCAPNG_SHB:
+            raise CaptureError(f"{path}: not a pcap or pcapng capture (magic {head.hex() or 'empty'})")
+    if len(files) == 1:
+        yield from read_capture(files[0], report)
+        return
+    yield from heapq.merge(*(read_capture(p, report) for p in files), key=lambda r: r.ts)
