@@ -47,12 +47,14 @@ LOOPBACK = "127.0.0.1"
 def capture(path: Path, bpf: str, interface: str = "lo", settle: float = 0.5) -> Iterator[None]:
     """Record everything matching `bpf` on `interface` into `path` while the block runs.
 
-    tcpdump gets a full snaplen and `-U` so each packet is flushed as it arrives; we wait for its
-    "listening on" line plus `settle` seconds before yielding (no lost SYN) and again before SIGINT
-    (no lost FIN/ACK), then wait for it to exit so the file is complete when the block ends.
+    tcpdump gets a full snaplen, `-U` (flush each packet to the file) and `--immediate-mode`: without it
+    libpcap hands over packets a ring-buffer block at a time, and whatever sits in the last, unfinished
+    block when SIGINT arrives is counted as received but never written. We wait for its "listening on"
+    line plus `settle` seconds before yielding (no lost SYN) and again before SIGINT (no lost FIN/ACK),
+    then wait for it to exit so the file is complete when the block ends.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["tcpdump", "-i", interface, "-s", "0", "-U", "-n", "-w", str(path)]
+    cmd = ["tcpdump", "-i", interface, "-s", "0", "-U", "--immediate-mode", "-n", "-w", str(path)]
     if os.geteuid() == 0:
         cmd += ["-Z", "root"]  # Debian's tcpdump otherwise drops to user tcpdump and may not write `path`.
     cmd.append(bpf)
@@ -337,6 +339,411 @@ def modbus_demo(journal: Journal) -> None:
         with journal.op("hmi2 :5020 FC4 read input unit 2") as n:
             _check(n, gw.read_input_registers(0, count=4, device_id=2))
         gw.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# S7comm: python-snap7 server on 102, an HMI reading and an engineering station doing everything else
+# ---------------------------------------------------------------------------------------------------------
+
+S7_HMI = "127.0.0.30"
+S7_EWS = "127.0.0.40"
+
+
+@contextlib.contextmanager
+def s7_source_address(source: str) -> Iterator[None]:
+    """Make snap7 clients connect from `source`: snap7's ISO-on-TCP connection has no bind option.
+
+    Swaps, for the block only, the connection class snap7.client instantiates for one that binds its
+    socket first; everything above TCP stays snap7's own code.
+    """
+    import snap7.client
+    from snap7.connection import ISOTCPConnection
+
+    class BoundConnection(ISOTCPConnection):
+        def _tcp_connect(self) -> None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(self.timeout)
+            sock.bind((source, 0))
+            sock.connect((self.host, self.port))
+            self.socket = sock
+
+    original = snap7.client.ISOTCPConnection
+    snap7.client.ISOTCPConnection = BoundConnection  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        snap7.client.ISOTCPConnection = original  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def s7_server(port: int = 102) -> Iterator[Any]:
+    """Run a snap7 server with DB1, DB2, inputs, outputs, merkers, timers and counters registered."""
+    import snap7
+    from snap7.type import SrvArea
+
+    ensure_port_free(port)
+    server = snap7.server.Server(log=False)
+    areas = {
+        (SrvArea.DB, 1): bytearray(range(64)),
+        (SrvArea.DB, 2): bytearray(b"PUMP-01\x00" + bytes(24)),
+        (SrvArea.PE, 0): bytearray([0b1010_0101, 0x0F, 0, 0]),
+        (SrvArea.PA, 0): bytearray([0b0000_0011, 0, 0, 0]),
+        (SrvArea.MK, 0): bytearray(32),
+        (SrvArea.TM, 0): bytearray(16),
+        (SrvArea.CT, 0): bytearray(16),
+    }
+    for (area, index), data in areas.items():
+        server.register_area(area, index, data)
+    server.start_to(LOOPBACK, port)
+    try:
+        wait_for_port(LOOPBACK, port)
+        yield server
+    finally:
+        server.stop()
+
+
+def _s7_client(source: str) -> Any:
+    import snap7
+
+    client = snap7.client.Client()
+    with s7_source_address(source):
+        client.connect(LOOPBACK, 0, 1)  # rack 0 slot 1: remote TSAP 0x0101
+    return client
+
+
+@scenario("s7comm", "s7comm_demo.pcap", "tcp port 102")
+def s7comm_demo(journal: Journal) -> None:
+    """HMI reads, then an engineering station covering SZL, blocks, transfer, run/stop, clock and password."""
+    from snap7.type import Area, Block
+
+    with s7_server(), capture(_out("s7comm_demo.pcap"), SCENARIOS["s7comm"].bpf):
+        with journal.op("hmi connect (COTP CR/CC, setup communication)"):
+            hmi = _s7_client(S7_HMI)
+        for cycle in range(3):
+            with journal.op(f"hmi poll {cycle} read DB1.DBB0 16 bytes"):
+                hmi.db_read(1, 0, 16)
+            with journal.op(f"hmi poll {cycle} read inputs IB0..3"):
+                hmi.read_area(Area.PE, 0, 0, 4)
+            with journal.op(f"hmi poll {cycle} read outputs QB0..3"):
+                hmi.read_area(Area.PA, 0, 0, 4)
+            with journal.op(f"hmi poll {cycle} read merkers MB0..7"):
+                hmi.read_area(Area.MK, 0, 0, 8)
+            time.sleep(0.2)
+        with journal.op("hmi read multi vars (DB1, DB2, MK, PE)"):
+            hmi.read_multi_vars(
+                [
+                    {"area": Area.DB, "db_number": 1, "start": 0, "size": 4},
+                    {"area": Area.DB, "db_number": 2, "start": 0, "size": 8},
+                    {"area": Area.MK, "db_number": 0, "start": 4, "size": 2},
+                    {"area": Area.PE, "db_number": 0, "start": 0, "size": 1},
+                ]
+            )
+        with journal.op("hmi disconnect"):
+            hmi.disconnect()
+
+        with journal.op("ews connect (COTP CR/CC, setup communication)"):
+            ews = _s7_client(S7_EWS)
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("read SZL 0x0000 (list of SZL ids)", lambda: ews.read_szl_list()),
+            ("read SZL 0x0011 (module identification)", lambda: ews.read_szl(0x0011, 0)),
+            ("read SZL 0x001C (component identification)", lambda: ews.read_szl(0x001C, 0)),
+            ("read SZL 0x0424 (mode transition)", lambda: ews.read_szl(0x0424, 0)),
+            ("read SZL 0x0131 (communication capabilities)", lambda: ews.read_szl(0x0131, 1)),
+            ("get cpu info", lambda: ews.get_cpu_info()),
+            ("get order code", lambda: ews.get_order_code()),
+            ("get cp info", lambda: ews.get_cp_info()),
+            ("get protection", lambda: ews.get_protection()),
+            ("get cpu state", lambda: ews.get_cpu_state()),
+            ("list blocks", lambda: ews.list_blocks()),
+            ("list blocks of type DB", lambda: ews.list_blocks_of_type(Block.DB, 16)),
+            ("get block info DB1", lambda: ews.get_block_info(Block.DB, 1)),
+            ("upload DB1", lambda: ews.upload(1)),
+            ("full upload DB2", lambda: ews.full_upload(Block.DB, 2)),
+            ("download DB3", lambda: ews.download(bytearray(range(32)), 3)),
+            ("write DB1.DBB8 4 bytes", lambda: ews.db_write(1, 8, bytearray(b"\x00\x00\x04\xd2"))),
+            ("write outputs QB0", lambda: ews.write_area(Area.PA, 0, 0, bytearray([0b0000_0111]))),
+            ("write merkers MB10..11", lambda: ews.write_area(Area.MK, 0, 10, bytearray([0x12, 0x34]))),
+            (
+                "write multi vars (DB1, MK)",
+                lambda: ews.write_multi_vars(
+                    [
+                        {"area": Area.DB, "db_number": 1, "start": 12, "data": bytearray(b"\x01\x02")},
+                        {"area": Area.MK, "db_number": 0, "start": 20, "data": bytearray(b"\xff")},
+                    ]
+                ),
+            ),
+            ("get plc datetime", lambda: ews.get_plc_datetime()),
+            ("set plc datetime", lambda: ews.set_plc_datetime(datetime(2024, 5, 17, 8, 30, 0))),
+            ("set session password", lambda: ews.set_session_password("s7secret")),
+            ("clear session password", lambda: ews.clear_session_password()),
+            ("plc stop", lambda: ews.plc_stop()),
+            ("get cpu state after stop", lambda: ews.get_cpu_state()),
+            ("plc hot start", lambda: ews.plc_hot_start()),
+            ("plc stop again", lambda: ews.plc_stop()),
+            ("plc cold start", lambda: ews.plc_cold_start()),
+            ("get cpu state after start", lambda: ews.get_cpu_state()),
+            ("compress memory", lambda: ews.compress(1000)),
+            ("copy ram to rom", lambda: ews.copy_ram_to_rom(1000)),
+            ("delete block DB3", lambda: ews.delete(Block.DB, 3)),
+            ("read DB99 (not registered)", lambda: ews.db_read(99, 0, 4)),
+        ]
+        for name, call in steps:
+            with journal.op(f"ews {name}"):
+                call()
+        with journal.op("ews disconnect"):
+            ews.disconnect()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MQTT: mosquitto broker with a password file, paho-mqtt sensors, controller, historian and an MQTT 5 client
+# ---------------------------------------------------------------------------------------------------------
+
+MQTT_USERS = {
+    "sensor-pump1": "pump1-pass",
+    "sensor-boiler": "boiler-pass",
+    "controller": "ctrl-pass",
+    "historian": "hist-pass",
+    "mes-gateway": "mes-pass",
+}
+
+
+@contextlib.contextmanager
+def mosquitto_broker(port: int = 1883) -> Iterator[None]:
+    """Run mosquitto on 127.0.0.1:`port` with `allow_anonymous false` and the MQTT_USERS password file."""
+    ensure_port_free(port)
+    with tempfile.TemporaryDirectory(prefix="mqtt-demo-") as tmp:
+        passwd = Path(tmp) / "passwd"
+        passwd.touch(mode=0o600)
+        for user, password in MQTT_USERS.items():
+            subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"listener {port} {LOOPBACK}",
+                    "allow_anonymous false",
+                    f"password_file {passwd}",
+                    "persistence false",  # no retained state survives between runs: same capture every time
+                    "user root" if os.geteuid() == 0 else "",  # else it drops to `mosquitto` and cannot read tmp
+                    "log_dest stderr",
+                    "connection_messages true",
+                    "",
+                ]
+            )
+        )
+        log = (Path(tmp) / "mosquitto.log").open("w+")
+        broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(LOOPBACK, port)
+            yield
+        finally:
+            broker.terminate()
+            broker.wait(10)
+            log.seek(0)
+            LOG.debug("mosquitto log:\n%s", log.read())
+            log.close()
+
+
+class MqttPeer:
+    """A paho-mqtt 2.x client on its own source address, with calls that block until the broker answers.
+
+    Blocking on CONNACK/SUBACK/UNSUBACK/PUBACK/PUBCOMP keeps the packet order the same from run to run.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        source: str,
+        *,
+        protocol: int | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        keepalive: int = 60,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.source = source
+        self.keepalive = keepalive
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311 if protocol is None else protocol,
+            reconnect_on_failure=False,  # a refused login must stay one attempt, not a reconnect loop
+        )
+        if user is not None:
+            self.client.username_pw_set(user, MQTT_USERS.get(user) if password is None else password)
+        self._cond = threading.Condition()
+        self._acked: set[int] = set()
+        self.connack: Any = None
+        self.messages: list[tuple[str, bytes]] = []
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_ack
+        self.client.on_unsubscribe = self._on_ack
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        with self._cond:
+            self.connack = reason
+            self._cond.notify_all()
+
+    def _on_ack(self, _c: Any, _u: Any, mid: int, _reasons: Any, _props: Any) -> None:
+        with self._cond:
+            self._acked.add(mid)
+            self._cond.notify_all()
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, msg.payload))
+            self._cond.notify_all()
+
+    def _wait(self, predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+        with self._cond:
+            if not self._cond.wait_for(predicate, timeout):
+                raise TimeoutError(f"{self.source}: no {what}")
+
+    def connect(self, properties: Any = None) -> Any:
+        """Send CONNECT and wait for CONNACK; raise if the broker refused the login."""
+        self.client.connect(LOOPBACK, 1883, self.keepalive, bind_address=self.source, properties=properties)
+        self.client.loop_start()
+        self._wait(lambda: self.connack is not None, "CONNACK")
+        if self.connack.is_failure:
+            self.client.loop_stop()
+            raise PermissionError(f"CONNACK refused: {self.connack}")
+        return self.connack
+
+    def subscribe(self, topic: str, qos: int = 0, options: Any = None, properties: Any = None) -> None:
+        """Subscribe and wait for the SUBACK."""
+        if options is not None:
+            _, mid = self.client.subscribe(topic, options=options, properties=properties)
+        else:
+            _, mid = self.client.subscribe(topic, qos, properties=properties)
+        self._wait(lambda: mid in self._acked, "SUBACK")
+
+    def unsubscribe(self, topic: str) -> None:
+        """Unsubscribe and wait for the UNSUBACK."""
+        _, mid = self.client.unsubscribe(topic)
+        self._wait(lambda: mid in self._acked, "UNSUBACK")
+
+    def publish(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False, properties: Any = None) -> None:
+        """Publish; for QoS 1/2 wait for PUBACK/PUBCOMP, and let the broker fan out before the next step."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if qos:
+            info.wait_for_publish(5)
+        time.sleep(0.05)
+
+    def wait_messages(self, count: int) -> None:
+        """Wait until this peer has received `count` messages in total."""
+        self._wait(lambda: len(self.messages) >= count, f"{count} messages")
+
+    def disconnect(self, reasoncode: Any = None, properties: Any = None) -> None:
+        """Send DISCONNECT and stop the network thread."""
+        self.client.disconnect(reasoncode=reasoncode, properties=properties)
+        self.client.loop_stop()
+
+
+@scenario("mqtt", "mqtt_demo.pcap", "tcp port 1883")
+def mqtt_demo(journal: Journal) -> None:
+    """Telemetry at QoS 0/1/2 with retained status, a command, a wildcard historian, a refused login, MQTT 5."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    with mosquitto_broker(), capture(_out("mqtt_demo.pcap"), SCENARIOS["mqtt"].bpf):
+        historian = MqttPeer("historian-01", "127.0.0.70", user="historian")
+        controller = MqttPeer("line1-controller", "127.0.0.60", user="controller", keepalive=2)
+        pump = MqttPeer("pump1-sensor", "127.0.0.50", user="sensor-pump1")
+        boiler = MqttPeer("boiler-sensor", "127.0.0.51", user="sensor-boiler", protocol=mqtt.MQTTv31)
+        rogue = MqttPeer("maint-laptop", "127.0.0.99", user="controller", password="Passw0rd!")
+        mes = MqttPeer("mes-gateway", "127.0.0.80", user="mes-gateway", protocol=mqtt.MQTTv5)
+
+        with journal.op("historian connect (3.1.1) + subscribe # QoS 1"):
+            historian.connect()
+            historian.subscribe("#", 1)
+        with journal.op("controller connect (3.1.1, keepalive 2 s) + subscribe plant/+/telemetry"):
+            controller.connect()
+            controller.subscribe("plant/+/telemetry", 1)
+        with journal.op("pump1 connect (3.1.1) + subscribe plant/pump1/cmd"):
+            pump.connect()
+            pump.subscribe("plant/pump1/cmd", 1)
+        with journal.op("pump1 publish retained status QoS 1"):
+            pump.publish("plant/pump1/status", "online", qos=1, retain=True)
+        for i in range(3):
+            with journal.op(f"pump1 publish telemetry QoS 0 #{i}"):
+                pump.publish("plant/pump1/telemetry", f'{{"flow":{12.5 + i},"rpm":{1450 + 10 * i}}}')
+        for i in range(2):
+            with journal.op(f"pump1 publish telemetry QoS 1 #{i}"):
+                pump.publish("plant/pump1/telemetry", f'{{"flow":{15.5 + i},"rpm":{1480 + 10 * i}}}', qos=1)
+        with journal.op("boiler connect (MQTT 3.1, MQIsdp)"):
+            boiler.connect()
+        for i in range(2):
+            with journal.op(f"boiler publish telemetry QoS 2 #{i}"):
+                boiler.publish("plant/boiler/telemetry", f'{{"temp_c":{81.0 + i},"bar":2.{i}}}', qos=2)
+        with journal.op("boiler publish retained config QoS 2"):
+            boiler.publish("plant/boiler/config", '{"max_temp_c":95}', qos=2, retain=True)
+        with journal.op("controller received 7 telemetry messages"):
+            controller.wait_messages(7)
+        with journal.op("controller publish command plant/pump1/cmd QoS 1"):
+            controller.publish("plant/pump1/cmd", '{"setpoint_rpm":1500}', qos=1)
+            pump.wait_messages(1)
+
+        with journal.op("rogue login with wrong password (expect refused)") as notes:
+            try:
+                rogue.connect()
+            except PermissionError as exc:
+                notes.append(str(exc))
+
+        with journal.op("mes-gateway connect (MQTT 5, session expiry, user property)"):
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 300
+            props.ReceiveMaximum = 20
+            props.UserProperty = [("site", "demo-plant"), ("line", "1")]
+            mes.connect(properties=props)
+        with journal.op("mes-gateway subscribe plant/+/status (no local, subscription id)"):
+            sub_props = Properties(PacketTypes.SUBSCRIBE)
+            sub_props.SubscriptionIdentifier = 7
+            mes.subscribe("plant/+/status", options=SubscribeOptions(qos=1, noLocal=True), properties=sub_props)
+            mes.wait_messages(1)  # the retained "online"
+        with journal.op("mes-gateway publish order with properties + topic alias 1"):
+            pub = Properties(PacketTypes.PUBLISH)
+            pub.PayloadFormatIndicator = 1
+            pub.ContentType = "application/json"
+            pub.ResponseTopic = "mes/line1/replies"
+            pub.CorrelationData = b"order-0001"
+            pub.MessageExpiryInterval = 120
+            pub.UserProperty = [("schema", "order/v2")]
+            pub.TopicAlias = 1
+            mes.publish("mes/line1/orders", '{"order":1,"qty":40}', qos=1, properties=pub)
+        with journal.op("mes-gateway publish via topic alias only (empty topic)"):
+            alias = Properties(PacketTypes.PUBLISH)
+            alias.TopicAlias = 1
+            alias.ContentType = "application/json"
+            mes.publish("", '{"order":2,"qty":25}', qos=1, properties=alias)
+        with journal.op("mes-gateway publish QoS 2 with correlation data"):
+            req = Properties(PacketTypes.PUBLISH)
+            req.ResponseTopic = "mes/line1/replies"
+            req.CorrelationData = b"order-0003"
+            mes.publish("mes/line1/orders", '{"order":3,"qty":10}', qos=2, properties=req)
+        with journal.op("mes-gateway unsubscribe plant/+/status"):
+            mes.unsubscribe("plant/+/status")
+        with journal.op("mes-gateway disconnect (reason 0, session expiry 0)"):
+            bye = Properties(PacketTypes.DISCONNECT)
+            bye.SessionExpiryInterval = 0
+            mes.disconnect(ReasonCode(PacketTypes.DISCONNECT, "Normal disconnection"), bye)
+
+        with journal.op("controller idle past keepalive (PINGREQ/PINGRESP)"):
+            time.sleep(controller.keepalive + 0.8)
+        with journal.op("controller unsubscribe + disconnect"):
+            controller.unsubscribe("plant/+/telemetry")
+            controller.disconnect()
+        with journal.op("sensors disconnect"):
+            pump.disconnect()
+            boiler.disconnect()
+        with journal.op("historian unsubscribe # + disconnect"):
+            historian.unsubscribe("#")
+            historian.disconnect()
 
 
 # ---------------------------------------------------------------------------------------------------------

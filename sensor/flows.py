@@ -137,7 +137,13 @@ class FlowTable:
             self._evict_oldest(max(1, self.cfg.max_flows // 10), seg.ts, seg)
         src, dst, sport, dport = seg.src, seg.dst, seg.sport, seg.dport
         midstream = False
-        if seg.proto == IPPROTO_TCP:
+        pm = self.port_map
+        if (sport in pm) != (dport in pm):
+            # Exactly one side is a known service port: it is the server, whoever sent the SYN. The protocol
+            # role (who answers requests) is what decoders and analysts need, and tshark decides the same way.
+            client_is_src = dport in pm
+            midstream = seg.proto == IPPROTO_TCP and not seg.flags & SYN
+        elif seg.proto == IPPROTO_TCP:
             flags = seg.flags
             if flags & SYN and not flags & ACK:
                 client_is_src = True

@@ -161,8 +161,10 @@ class ModbusDecoder:
                 f["exception_code"] = code
                 f["exception_name"] = EXCEPTIONS.get(code, "reserved")
                 problem = None
-                if len(pdu) != 2 or code == 0:
-                    problem = ("modbus.invalid_exception_code", f"exception response of {len(pdu)} bytes, code {code}")
+                if len(pdu) < 2 or code == 0:
+                    problem = ("modbus.invalid_exception_code", f"exception response without a valid code ({code})")
+                elif len(pdu) != 2:
+                    problem = ("modbus.length_mismatch", f"exception response of {len(pdu)} bytes, expected 2")
             else:
                 f["is_exception"] = False
                 problem = decode_response(fc, pdu, f, limit, request)
