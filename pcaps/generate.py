@@ -107,11 +107,11 @@ class Journal:
             yield notes
         except Exception as exc:  # noqa: BLE001 - a refused operation is data here, not a bug
             self.entries.append((name, "error", f"{type(exc).__name__}: {exc}"))
-            LOG.info("  %-48s error  %s: %s", name, type(exc).__name__, exc)
+            LOG.debug("  %-48s error  %s: %s", name, type(exc).__name__, exc)
             return
         outcome = "refused" if notes else "ok"
         self.entries.append((name, outcome, "; ".join(notes)))
-        LOG.info("  %-48s %-6s %s", name, outcome, "; ".join(notes))
+        LOG.debug("  %-48s %-7s %s", name, outcome, "; ".join(notes))
 
     def summary(self) -> str:
         """Return counts per outcome plus every non-ok line, for the end-of-run report."""
@@ -765,9 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE, help="directory for the captures (default: pcaps/)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every operation")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    LOG.setLevel(logging.INFO)
-    for noisy in ("pymodbus", "snap7", "s7"):
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    LOG.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for noisy in ("pymodbus", "snap7", "s7"):  # they log refused operations that the journal already reports
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     if shutil.which("tcpdump") is None:
         parser.error("tcpdump is required")
