@@ -51,6 +51,106 @@ SCHEMA: dict[str, Any] = {
     "health": (dict, {}),
 }
 
+# outputs.elasticsearch (the rest of ``outputs`` stays free for other sinks). Secrets only through *_file (owner-only
+# permissions) or *_env (the name of an environment variable): never as literal values in the file.
+ES_SCHEMA: dict[str, Any] = {
+    "hosts": (list, []),
+    "api_key_file": (str, None),
+    "api_key_env": (str, None),
+    "username": (str, None),
+    "password_file": (str, None),
+    "password_env": (str, None),
+    "ca_file": (str, None),
+    "verify_certs": (bool, True),
+    "namespace": (str, "default"),
+    "kinds": (list, ["events", "alerts", "stats"]),
+    "batch_docs": (int, 1000),
+    "batch_bytes": (int, 5 << 20),
+    "request_timeout": ((int, float), 30),
+    "retry_initial": ((int, float), 1.0),
+    "retry_max": ((int, float), 60.0),
+    "close_timeout": ((int, float), 30),
+    "spool_dir": (str, None),
+    "spool_max_bytes": (int, 1 << 30),
+    "segment_bytes": (int, 16 << 20),
+    "dead_letter": (str, None),
+}
+ES_KINDS = ("events", "alerts", "stats")
+_NAMESPACE_BAD = re.compile(r'[A-Z\\/*?"<>| ,#:-]')
+
+
+def check_secret_file(path: str, key: str) -> None:
+    """A secret file must exist and be readable by its owner only; the error names the key, never the content."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"{key}: {path} is accessible by group or others (mode {st.st_mode & 0o777:04o}); run chmod 600 {path}"
+        )
+
+
+def read_secret_file(path: str, key: str) -> str:
+    """The secret in ``path`` (stripped), after the permission check; only callers that need it read it."""
+    check_secret_file(path, key)
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+    if not value:
+        raise ConfigError(f"{key}: {path} is empty")
+    return value
+
+
+def _validate_es(data: Any) -> dict[str, Any]:
+    p = "outputs.elasticsearch."
+    es = _validate(data, ES_SCHEMA, p)
+    for i, h in enumerate(es["hosts"]):
+        if not isinstance(h, str) or not re.match(r"^https?://[^/@\s]+(/.*)?$", h):
+            shown = "<url with credentials>" if isinstance(h, str) and "@" in h else repr(h)
+            raise ConfigError(
+                f"{p}hosts[{i}]: {shown} is not an http(s)://host:port URL without credentials "
+                "(credentials go in api_key_file/password_file or *_env)"
+            )
+    for k in ("batch_docs", "batch_bytes", "spool_max_bytes", "segment_bytes"):
+        if es[k] <= 0:
+            raise ConfigError(f"{p}{k}: must be positive")
+    for k in ("request_timeout", "retry_initial", "retry_max", "close_timeout"):
+        if es[k] < 0:
+            raise ConfigError(f"{p}{k}: must not be negative")
+    ns = es["namespace"]
+    if not ns or len(ns) > 100 or _NAMESPACE_BAD.search(ns):
+        raise ConfigError(f"{p}namespace: {ns!r} must be lowercase, at most 100 characters, without - or \\/*?\"<>| ,#:")
+    for k in es["kinds"]:
+        if k not in ES_KINDS:
+            raise ConfigError(f"{p}kinds: {k!r} is not one of {', '.join(ES_KINDS)}")
+    if es["api_key_file"] and es["api_key_env"]:
+        raise ConfigError(f"{p}api_key_file and api_key_env: give one")
+    if es["password_file"] and es["password_env"]:
+        raise ConfigError(f"{p}password_file and password_env: give one")
+    has_password = bool(es["password_file"] or es["password_env"])
+    if has_password != bool(es["username"]):
+        raise ConfigError(f"{p}username and password_file/password_env go together")
+    if has_password and (es["api_key_file"] or es["api_key_env"]):
+        raise ConfigError(f"{p}api key and username/password: give one way to authenticate")
+    for k in ("api_key_file", "password_file"):
+        if es[k]:
+            check_secret_file(es[k], p + k)
+    for k in ("api_key_env", "password_env"):
+        if es[k] and not os.environ.get(es[k]):
+            raise ConfigError(f"{p}{k}: environment variable {es[k]} is not set")
+    if es["ca_file"] and not os.path.isfile(es["ca_file"]):
+        raise ConfigError(f"{p}ca_file: {es['ca_file']} is not a file")
+    return es
+
+
+def _validate_outputs(c: dict[str, Any]) -> None:
+    outputs = c.get("outputs") or {}
+    outputs["elasticsearch"] = _validate_es(outputs.get("elasticsearch"))
+    c["outputs"] = outputs
+
 
 @dataclass(frozen=True)
 class Config:
@@ -145,6 +245,7 @@ def _check_semantics(c: dict[str, Any]) -> None:
 def load_config(path: str | None) -> Config:
     if path is None:
         raw = _validate({}, SCHEMA, "")
+        _validate_outputs(raw)
         return Config(raw)
     try:
         with open(path, encoding="utf-8") as f:
@@ -158,6 +259,7 @@ def load_config(path: str | None) -> Config:
     try:
         raw = _validate(_expand(data, "config"), SCHEMA, "")
         _check_semantics(raw)
+        _validate_outputs(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return Config(raw, path)

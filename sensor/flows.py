@@ -164,8 +164,10 @@ class FlowTable:
         k_fwd = (src, sport, dst, dport, seg.proto)
         k_rev = (dst, dport, src, sport, seg.proto)
         flow = Flow(info, (k_fwd, k_rev), seg.proto, seg.ts)
-        self.table[k_fwd] = (flow, True)
+        # Reverse key first: when both ends are the same (src == dst, sport == dport) the one entry must be the
+        # forward one, or eviction, sweeping and close_all (which walk forward entries) would never see the flow.
         self.table[k_rev] = (flow, False)
+        self.table[k_fwd] = (flow, True)
         st = self.stats
         st.flows += 1
         if seg.proto == IPPROTO_TCP:
@@ -300,9 +302,12 @@ class FlowTable:
         if old is None or len(old) < len(payload):
             s.ooo[seq] = payload
             s.ooo_bytes += len(payload) - (len(old) if old else 0)
-        if s.ooo_bytes > self.cfg.max_stream_buffer or len(s.ooo) > self.cfg.max_ooo_segments:
+        cfg = self.cfg
+        if s.ooo_bytes > cfg.max_stream_buffer or len(s.ooo) > cfg.max_ooo_segments:
             self.stats.buffer_cap_hits += 1
-            self._skip_gap(flow, s, from_client, ts, packet)
+            # One skip may free less than was just added: skip until the stream is back under both caps.
+            while s.ooo and (s.ooo_bytes > cfg.max_stream_buffer or len(s.ooo) > cfg.max_ooo_segments):
+                self._skip_gap(flow, s, from_client, ts, packet)
 
     def _drain(self, flow: Flow, s: Stream, from_client: bool, ts: int, packet: Any) -> None:
         """Deliver held segments that are now in order; drop those wholly behind next_seq."""
@@ -353,6 +358,9 @@ class FlowTable:
         if dec is None:
             dec = self._choose(flow, from_client, data)
             if dec is None:
+                return
+            if dec is NO_DECODER:  # nothing fits: drop what was held for probing, feed nobody
+                flow.streams[0].probe_buf = flow.streams[1].probe_buf = b""
                 return
             pending = flow.streams[0 if from_client else 1].probe_buf
             if pending:

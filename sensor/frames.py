@@ -59,23 +59,30 @@ class FragmentTable:
         self.max_datagrams = max_datagrams
         self.max_bytes = max_bytes
         self.timeout_ns = timeout_ns
-        # key -> [first_ts, {offset: bytes}, total_len or -1, header_info]
+        # key -> [first_ts, {offset: bytes}, total_len or -1, bytes held]
         self.pending: dict[tuple, list] = {}
         self.evicted = 0
 
     def add(self, key: tuple, ts: int, offset: int, more: bool, data: bytes) -> bytes | None:
         entry = self.pending.get(key)
         if entry is None:
-            if len(self.pending) >= self.max_datagrams:
+            pending = self.pending
+            # Oldest first (insertion order): expire by capture time here, the only place fragments arrive.
+            if pending and ts - next(iter(pending.values()))[0] > self.timeout_ns:
+                self._expire(ts)
+            if len(pending) >= self.max_datagrams:
                 self._expire(ts, force=True)
-            entry = self.pending[key] = [ts, {}, -1]
+            entry = pending[key] = [ts, {}, -1, 0]
         parts: dict[int, bytes] = entry[1]
-        if offset not in parts or len(parts[offset]) < len(data):
+        old = parts.get(offset)
+        if old is None or len(old) < len(data):
             parts[offset] = data
+            entry[3] += len(data) - (len(old) if old is not None else 0)
         if not more:
             entry[2] = offset + len(data)
         total = entry[2]
-        if offset + len(data) > self.max_bytes:
+        # Bytes held per datagram are capped too: many overlapping fragments at distinct offsets must not add up.
+        if offset + len(data) > self.max_bytes or entry[3] > self.max_bytes:
             del self.pending[key]
             self.evicted += 1
             return None
@@ -123,6 +130,15 @@ class FrameDecoder:
 
     def decode(self, ts: int, linktype: int, data: bytes) -> Segment | None:
         self.stats.packets += 1
+        # Fast path: untagged Ethernet, IPv4 without options or fragments, TCP (nearly all ICS traffic).
+        if linktype == 1 and len(data) >= 54 and data[12:14] == b"\x08\x00" and data[14] == 0x45:
+            if data[23] == 6 and not data[20] & 0x3F and not data[21]:
+                total = (data[16] << 8) | data[17]
+                sport, dport, seq, ack, doff, flags, _win = _TCP.unpack_from(data, 34)
+                hl = (doff >> 4) * 4
+                end = 14 + total
+                if 20 <= hl and 34 + hl <= end <= len(data):
+                    return Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + hl : end])
         n = len(data)
         vlan: tuple[int, ...] = ()
         if linktype == DLT_EN10MB:

@@ -10,6 +10,7 @@ import gzip
 import heapq
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -108,7 +109,7 @@ def read_capture(path: str, report: SourceReport) -> Iterator[Record]:
         head = f.read(4)
     except OSError as e:
         raise CaptureError(f"{path}: cannot open: {e.strerror or e}") from None
-    except (EOFError, gzip.BadGzipFile) as e:
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise CaptureError(f"{path}: bad gzip data: {e}") from None
     report.files.append(path)
     try:
@@ -118,7 +119,7 @@ def read_capture(path: str, report: SourceReport) -> Iterator[Record]:
             yield from _read_pcapng(path, f, head, report)
         else:
             raise CaptureError(f"{path}: not a pcap or pcapng capture (magic {head.hex() or 'empty'})")
-    except (EOFError, gzip.BadGzipFile, OSError, __import__("zlib").error) as e:
+    except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as e:
         report.problems.append(f"{path}: read error after {report.records} records: {e}")
     finally:
         f.close()
@@ -227,6 +228,9 @@ def _read_pcapng(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> 
                     (tsoff,) = struct.unpack(order + "q", val)
             ifaces.append((linktype, snaplen, mult, div, tsoff))
         elif btype_i in (6, 2):  # Enhanced Packet Block, obsolete Packet Block
+            if end - body < 20:
+                report.problems.append(f"{path}: packet block at offset {off} too short ({blen} bytes)")
+                return
             if btype_i == 6:
                 iface, hi, lo, caplen, wirelen = struct.unpack_from(order + "IIIII", buf, body)
             else:
@@ -247,6 +251,9 @@ def _read_pcapng(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> 
         elif btype_i == 3:  # Simple Packet Block: interface 0, no timestamp
             if not ifaces:
                 report.problems.append(f"{path}: simple packet block at offset {off} before any interface")
+                return
+            if end - body < 4:
+                report.problems.append(f"{path}: simple packet block at offset {off} too short ({blen} bytes)")
                 return
             (wirelen,) = struct.unpack_from(order + "I", buf, body)
             linktype, snaplen, *_ = ifaces[0]
@@ -295,8 +302,13 @@ def read_captures(paths: list[str], report: SourceReport) -> Iterator[Record]:
         raise CaptureError("no capture files found in " + ", ".join(paths))
     # Open every file first so that a missing or foreign file is a clear error before any output.
     for path in files:
-        with _open(path) as f:
-            head = f.read(4)
+        try:
+            with _open(path) as f:
+                head = f.read(4)
+        except OSError as e:  # includes gzip.BadGzipFile
+            raise CaptureError(f"{path}: cannot read: {e.strerror or e}") from None
+        except (EOFError, zlib.error) as e:
+            raise CaptureError(f"{path}: bad gzip data: {e}") from None
         if head not in PCAP_MAGICS and head != PCAPNG_SHB:
             raise CaptureError(f"{path}: not a pcap or pcapng capture (magic {head.hex() or 'empty'})")
     if len(files) == 1:

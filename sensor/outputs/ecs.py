@@ -68,7 +68,9 @@ class EcsMapper:
         self.labels = labels
         self.organization = {"name": observer.organization} if observer.organization else None
         self.registries = registries
-        self._flow_cache: dict[int, tuple[Document, Document, Document, Document, list[str]]] = {}
+        self._flow_cache: dict[tuple[int, bool, str], Document] = {}
+        self._event_cache: dict[tuple[str, Any, str | None], Document] = {}
+        self._file_docs: dict[str, Document] = {}
 
     def _common(self, doc: Document) -> Document:
         doc["observer"] = self.observer_doc
@@ -78,63 +80,79 @@ class EcsMapper:
             doc["organization"] = self.organization
         return doc
 
-    def _endpoints(self, flow: FlowInfo) -> tuple[Document, Document, Document, Document, list[str]]:
-        cached = self._flow_cache.get(flow.flow_id)
-        if cached is not None and cached[0]["ip"] == flow.client_ip:
+    def _flow_base(self, flow: FlowInfo, from_client: bool, protocol: str) -> Document:
+        """The parts of a document that depend only on the flow and direction, built once per flow.
+
+        Documents share these sub-dicts: consumers treat documents as read-only (a sink that adds fields,
+        like event.ingested, copies the top level first).
+        """
+        key = (flow.flow_id, from_client, protocol)
+        cached = self._flow_cache.get(key)
+        if cached is not None and cached["client"]["ip"] == flow.client_ip:
             return cached
         if len(self._flow_cache) > 65536:
             self._flow_cache.clear()
         client = {"ip": flow.client_ip, "port": flow.client_port}
         server = {"ip": flow.server_ip, "port": flow.server_port}
-        net = {"transport": flow.transport, "community_id": flow.community_id, "type": "ipv6" if ":" in flow.client_ip else "ipv4"}
+        net: Document = {
+            "transport": flow.transport, "community_id": flow.community_id,
+            "type": "ipv6" if ":" in flow.client_ip else "ipv4", "protocol": protocol,
+        }  # fmt: skip
         if flow.vlan:
             net["vlan"] = {"id": str(flow.vlan[0])}
             if len(flow.vlan) > 1:
                 net["inner"] = {"vlan": {"id": str(flow.vlan[1])}}
-        related = sorted({flow.client_ip, flow.server_ip})
-        cached = self._flow_cache[flow.flow_id] = (client, server, net, {"id": str(flow.flow_id)}, related)
-        return cached
+        src, dst = (client, server) if from_client else (server, client)
+        base: Document = {
+            "source": src, "destination": dst, "client": client, "server": server, "network": net,
+            "related": {"ip": sorted({flow.client_ip, flow.server_ip})},
+        }  # fmt: skip
+        self._common(base)
+        self._flow_cache[key] = base
+        return base
 
-    def _network_part(self, doc: Document, flow: FlowInfo | None, from_client: bool, protocol: str) -> None:
-        if flow is None:
-            doc["network"] = {"protocol": protocol}
-            return
-        client, server, net, _fid, related = self._endpoints(flow)
-        doc["source"], doc["destination"] = (client, server) if from_client else (server, client)
-        doc["client"], doc["server"] = client, server
-        doc["network"] = {**net, "protocol": protocol, "direction": "unknown"}
-        doc["related"] = {"ip": related}
+    def _log(self, packet: Any) -> Document | None:
+        file = packet.file
+        if file is None:
+            return {"offset": packet.offset} if packet.offset >= 0 else None
+        fd = self._file_docs.get(file)
+        if fd is None:
+            fd = self._file_docs[file] = {"path": file}
+        return {"file": fd, "offset": packet.offset} if packet.offset >= 0 else {"file": fd}
 
-    @staticmethod
-    def _log(packet: Any) -> Document:
-        log: Document = {"file": {"path": packet.file}} if packet.file else {}
-        if packet.offset >= 0:
-            log["offset"] = packet.offset
-        return log
+    def _event(self, protocol: str, action: Any, outcome: str | None) -> Document:
+        key = (protocol, action, outcome)
+        ev = self._event_cache.get(key)
+        if ev is None:
+            ev = {"kind": "event", "category": ["network"], "type": ["protocol"], "module": MODULE, "dataset": EVENT_DATASET}
+            if action is not None:
+                ev["action"] = _slug(action)
+            if outcome is not None:
+                ev["outcome"] = outcome
+            if len(self._event_cache) < 4096:
+                self._event_cache[key] = ev
+        return ev.copy()
 
     def message(self, m: Message) -> Document:
         f = m.fields
         reg = self.registries.get(m.protocol)
         action = f.get(reg.action_field) if reg else None
-        event: Document = {
-            "kind": "event", "category": ["network"], "type": ["protocol"], "module": MODULE,
-            "dataset": EVENT_DATASET,
-        }  # fmt: skip
-        if action is not None:
-            event["action"] = _slug(action)
+        if f.get("is_exception") or f.get("is_error"):
+            outcome: str | None = "failure"
+        elif not m.from_client:
+            outcome = "success"
+        else:
+            outcome = None
+        event = self._event(m.protocol, action, outcome)
         if m.duration_ns is not None:
             event["duration"] = m.duration_ns
-        if f.get("is_exception") or f.get("is_error"):
-            event["outcome"] = "failure"
-        elif not m.from_client:
-            event["outcome"] = "success"
         doc: Document = {"@timestamp": timestamp(m.ts), "event": event}
-        self._network_part(doc, m.flow, m.from_client, m.protocol)
+        doc.update(self._flow_base(m.flow, m.from_client, m.protocol))
         doc["ics"] = {m.protocol: f, "frame": m.packet.frame}
         log = self._log(m.packet)
-        if log:
+        if log is not None:
             doc["log"] = log
-        return self._common(doc)
+        return doc
 
     def anomaly(self, a: Anomaly) -> Document:
         doc: Document = {
@@ -145,12 +163,16 @@ class EcsMapper:
             },
             "error": {"code": a.name, "message": a.reason, "type": "protocol_anomaly"},
         }  # fmt: skip
-        self._network_part(doc, a.flow, a.from_client, a.protocol)
+        if a.flow is not None:
+            doc.update(self._flow_base(a.flow, a.from_client, a.protocol))
+        else:
+            self._common(doc)
+            doc["network"] = {"protocol": a.protocol}
         doc["ics"] = {a.protocol: a.fields, "frame": a.packet.frame} if a.fields else {"frame": a.packet.frame}
         log = self._log(a.packet)
-        if log:
+        if log is not None:
             doc["log"] = log
-        return self._common(doc)
+        return doc
 
     def alert(self, al: Alert) -> Document:
         m = al.message
