@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from detectors.rules.attack import RELEASES
+from detectors.rules.attack import RELEASES, known
 from detectors.rules.schema import (
     ANOMALY_FIELDS,
     ANY_PROTOCOL,
@@ -569,15 +569,14 @@ def _rule(probs: _Problems, node: Any, pos: Pos, catalog: Catalog, base: Path) -
             probs.add(node.vpos["attack"], 'attack: expected {version: "19" or "18", techniques: [T0xxx, ...]}')
         else:
             version = str(att["version"])
-            table = RELEASES.get(version)
-            if table is None:
+            if version not in RELEASES:
                 probs.add(att.vpos["version"], f"attack.version: {version!r} is not one of {', '.join(RELEASES)}")
             tl = att["techniques"]
             if not isinstance(tl, YList) or not tl:
                 probs.add(att.vpos["techniques"], "attack.techniques: expected a non-empty list of technique ids")
             else:
                 for t, tpos in zip(tl, tl.ipos, strict=True):
-                    if table is not None and t not in table:
+                    if version in RELEASES and not known(version, str(t)):
                         probs.add(tpos, f"attack.techniques: unknown technique {t!r} in ATT&CK for ICS v{version}")
                 techniques = tuple(str(t) for t in tl)
 

@@ -112,13 +112,14 @@ class EcsMapper:
         return base
 
     def _log(self, packet: Any) -> Document | None:
+        """log.file.path names the capture; the frame number and record offset go under ics (not ECS fields)."""
         file = packet.file
         if file is None:
-            return {"offset": packet.offset} if packet.offset >= 0 else None
+            return None
         fd = self._file_docs.get(file)
         if fd is None:
-            fd = self._file_docs[file] = {"path": file}
-        return {"file": fd, "offset": packet.offset} if packet.offset >= 0 else {"file": fd}
+            fd = self._file_docs[file] = {"file": {"path": file}}
+        return fd
 
     def _event(self, protocol: str, action: Any, outcome: str | None) -> Document:
         key = (protocol, action, outcome)
@@ -148,7 +149,7 @@ class EcsMapper:
             event["duration"] = m.duration_ns
         doc: Document = {"@timestamp": timestamp(m.ts), "event": event}
         doc.update(self._flow_base(m.flow, m.from_client, m.protocol))
-        doc["ics"] = {m.protocol: f, "frame": m.packet.frame}
+        doc["ics"] = {m.protocol: f, "frame": m.packet.frame, "record_offset": m.packet.offset}
         log = self._log(m.packet)
         if log is not None:
             doc["log"] = log
@@ -168,7 +169,9 @@ class EcsMapper:
         else:
             self._common(doc)
             doc["network"] = {"protocol": a.protocol}
-        doc["ics"] = {a.protocol: a.fields, "frame": a.packet.frame} if a.fields else {"frame": a.packet.frame}
+        doc["ics"] = {"frame": a.packet.frame, "record_offset": a.packet.offset}
+        if a.fields:
+            doc["ics"][a.protocol] = a.fields
         log = self._log(a.packet)
         if log is not None:
             doc["log"] = log
@@ -205,6 +208,11 @@ class EcsMapper:
                     "reference": [f"https://attack.mitre.org/techniques/{t.replace('.', '/')}/" for t in al.techniques],
                 },
             }
+            names = al.extra.get("threat")  # technique and tactic names, from the detector that knows the release
+            if names:
+                base["threat"]["technique"].update(names.get("technique", {}))
+                if names.get("tactic", {}).get("name"):
+                    base["threat"]["tactic"] = names["tactic"]
         base["ics"]["alert"] = {
             "count": al.count, "severity": al.severity, "detector": al.detector, "attack_version": al.attack_version,
         }  # fmt: skip
@@ -212,8 +220,9 @@ class EcsMapper:
             base["message"] = al.explanation
         else:
             base["message"] = al.rule_name
-        if al.extra:
-            base["ics"]["alert"]["details"] = al.extra
+        details = {k: v for k, v in al.extra.items() if k != "threat"}
+        if details:
+            base["ics"]["alert"]["details"] = details
         return base
 
     def stats(self, ts_ns: int, stats: Document) -> Document:
