@@ -82,6 +82,10 @@ class Pipeline:
         self._events: list[dict[str, Any]] = []
         self._alerts: list[dict[str, Any]] = []
         self._next_tick = 0
+        # Every event sink takes ready NDJSON lines: serialise without building documents (the hot path).
+        self._events_json = bool(self.outputs.events) and all(
+            getattr(s, "accepts_json", False) for s in self.outputs.events
+        )
         self.started = 0.0
         self.elapsed = 0.0
 
@@ -90,7 +94,9 @@ class Pipeline:
         c = self.counters
         if type(m) is Message:
             c.messages[m.protocol] = c.messages.get(m.protocol, 0) + 1
-            if self.outputs.events:
+            if self._events_json:
+                self._events.append(self.mapper.message_json(m))
+            elif self.outputs.events:
                 self._events.append(self.mapper.message(m))
         else:
             assert isinstance(m, Anomaly)

@@ -142,6 +142,23 @@ def _read_pcap(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> It
     frame = 0
     unpack = hdr.unpack_from
     while True:
+        # Fast inner loop over whole records already in the buffer; the outer loop refills and reports damage.
+        buf, pos, base = c.buf, c.pos, c.base
+        end = len(buf)
+        first = frame
+        nbytes = 0
+        while pos + 16 <= end:
+            sec, frac, caplen, wirelen = unpack(buf, pos)
+            nxt = pos + 16 + caplen
+            if nxt > end or caplen > MAX_RECORD:
+                break
+            frame += 1
+            nbytes += caplen
+            yield Record(path, frame, base + pos, sec * 1_000_000_000 + frac * mult, linktype, buf[pos + 16 : nxt], wirelen)
+            pos = nxt
+        c.pos = pos
+        report.records += frame - first
+        report.bytes += nbytes
         if not c.ensure(16):
             if c.remaining():
                 report.problems.append(
@@ -149,7 +166,7 @@ def _read_pcap(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> It
                 )
             return
         off = c.offset
-        sec, frac, caplen, wirelen = unpack(c.buf, c.pos)
+        caplen = unpack(c.buf, c.pos)[2]
         if caplen > MAX_RECORD:
             report.problems.append(f"{path}: corrupt record at offset {off}: captured length {caplen} is impossible")
             return
@@ -158,13 +175,6 @@ def _read_pcap(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> It
                 f"{path}: truncated record at offset {off}: needs {caplen} bytes of data, {c.remaining() - 16} left"
             )
             return
-        p = c.pos + 16
-        data = c.buf[p : p + caplen]
-        c.pos = p + caplen
-        frame += 1
-        report.records += 1
-        report.bytes += caplen
-        yield Record(path, frame, off, sec * 1_000_000_000 + frac * mult, linktype, data, wirelen)
 
 
 def _tsresol_to_ns(v: int) -> tuple[int, int]:

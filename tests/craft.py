@@ -88,6 +88,11 @@ def write_pcap(path: Path, linktype: int, recs: Iterable[tuple[int, bytes]], *, 
         sec, frac = divmod(ts, NS)
         w.write_packet(data, sec=sec, usec=frac if nano else frac // 1000)
     w.close()
+    if linktype == 0:  # scapy takes linktype 0 (DLT_NULL) for "unset" and writes 1: set the header field
+        assert not gz
+        raw = bytearray(path.read_bytes())
+        raw[20:24] = struct.pack((endianness or "<") + "I", 0)
+        path.write_bytes(bytes(raw))
     return path
 
 

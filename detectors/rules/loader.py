@@ -546,8 +546,8 @@ def _rule(probs: _Problems, node: Any, pos: Pos, catalog: Catalog, base: Path) -
     title, description = want_str("title"), want_str("description")
     protocol = want_str("protocol")
     if protocol and protocol != ANY_PROTOCOL and protocol not in catalog.registries:
-        known = ", ".join([*sorted(catalog.registries), ANY_PROTOCOL])
-        probs.add(node.vpos["protocol"], f"protocol: unknown protocol {protocol!r} (known: {known})")
+        names = ", ".join([*sorted(catalog.registries), ANY_PROTOCOL])
+        probs.add(node.vpos["protocol"], f"protocol: unknown protocol {protocol!r} (known: {names})")
         protocol = ""
     severity = want_str("severity")
     if severity and severity not in SEVERITIES:

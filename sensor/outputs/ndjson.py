@@ -13,6 +13,8 @@ _OPTS = orjson.OPT_APPEND_NEWLINE
 
 
 class NdjsonSink:
+    accepts_json = True  # the pipeline may hand it ready NDJSON lines (bytes) instead of documents
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.f: BinaryIO | None = None
@@ -26,7 +28,7 @@ class NdjsonSink:
     def write(self, batch: list[Document]) -> None:
         assert self.f is not None
         dumps = orjson.dumps
-        self.f.write(b"".join([dumps(d, option=_OPTS) for d in batch]))
+        self.f.write(b"".join([d if type(d) is bytes else dumps(d, option=_OPTS) for d in batch]))
 
     def flush(self) -> None:
         if self.f is not None:

@@ -195,7 +195,7 @@ class Spool:
             os.fsync(lane.writer.fileno())
             lane.writer.close()
             lane.writer = None
-        seq = (lane.segments[-1].seq + 1) if lane.segments else max(1, lane.cursor_seq)
+        seq = max(lane.segments[-1].seq if lane.segments else 0, lane.cursor_seq) + 1
         seg = _Segment(seq, lane.dir / f"{seq:016d}{_SUFFIX}")
         lane.writer = open(seg.path, "ab")  # noqa: SIM115 - closed on rotation or close()
         lane.segments.append(seg)
@@ -241,19 +241,13 @@ class Spool:
             first = lane.segments[0]
             if lane.cursor_seq < first.seq:
                 lane.cursor_seq, lane.cursor_offset, lane.cursor_index = first.seq, 0, 0
-            if lane.cursor_seq == first.seq and lane.cursor_offset >= first.size and lane.writer is None or (
-                lane.cursor_seq > first.seq
-            ):
-                lane.segments.pop(0)
-                self.total_bytes -= first.size
-                first.path.unlink(missing_ok=True)
-                continue
-            if lane.cursor_seq == first.seq and lane.cursor_offset >= first.size and len(lane.segments) > 1:
-                lane.segments.pop(0)
-                self.total_bytes -= first.size
-                first.path.unlink(missing_ok=True)
-                continue
-            break
+            consumed = lane.cursor_seq > first.seq or lane.cursor_offset >= first.size
+            still_open = first is lane.segments[-1] and lane.writer is not None
+            if not consumed or still_open:
+                break
+            lane.segments.pop(0)
+            self.total_bytes -= first.size
+            first.path.unlink(missing_ok=True)
 
     def read(self, max_records: int, max_bytes: int) -> Batch | None:
         """The next records at the cursor of the first non-empty lane (alerts first), without consuming them."""

@@ -1,0 +1,285 @@
+"""Regenerate the rule test captures in rules/tests/<protocol>/ from real peers on loopback.
+
+Why separate from generate.py: these are attack scenarios for the rule pack (one small capture per rule, plus a
+quiet capture of normal traffic and a mixed one), written next to the rules that use them. The capture helper,
+servers and clients come from generate.py, so a scenario here is real pymodbus / python-snap7 / mosquitto +
+paho-mqtt traffic recorded by tcpdump on `lo`.
+
+Malformed traffic (a broken MBAP header, non-Modbus bytes on 502, malformed MQTT) is something no real peer
+produces: those scenarios send hand-built bytes over a real TCP socket to the real server, and say so.
+
+    python pcaps/attacks.py [NAME ...|all] [-v]        # needs root (tcpdump) and free ports 502/102/1883
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import generate as gen
+
+LOG = logging.getLogger("pcaps.attacks")
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "rules" / "tests"
+ATTACKER = "127.0.0.66"  # the intruder on every protocol
+ATTACKER2 = "127.0.0.67"
+
+ATTACKS: dict[str, tuple[str, str, Callable[[gen.Run], None]]] = {}
+
+
+def attack(name: str, filename: str, bpf: str) -> Callable[[Callable[[gen.Run], None]], Callable[[gen.Run], None]]:
+    """Register a scenario writing rules/tests/``filename``."""
+
+    def register(func: Callable[[gen.Run], None]) -> Callable[[gen.Run], None]:
+        ATTACKS[name] = (filename, bpf, func)
+        return func
+
+    return register
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Modbus/TCP: pymodbus server on :502 (units 1, 2), HMI 127.0.0.10, engineering workstation 127.0.0.20
+# ---------------------------------------------------------------------------------------------------------
+
+MB_BPF = "tcp port 502"
+
+
+def _mbap(tid: int, unit: int, pdu: bytes, pid: int = 0, length: int | None = None) -> bytes:
+    return struct.pack(">HHHB", tid, pid, len(pdu) + 1 if length is None else length, unit) + pdu
+
+
+def _raw_session(source: str, frames: list[bytes], wait: float = 0.3, pause: float = 0.0) -> None:
+    """Send hand-built frames on one real TCP connection to the pymodbus server and drain its answers."""
+    with socket.create_connection((gen.LOOPBACK, 502), timeout=2, source_address=(source, 0)) as sock:
+        sock.settimeout(wait)
+        for f in frames:
+            sock.sendall(f)
+            if pause:
+                time.sleep(pause)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                if not sock.recv(4096):
+                    break
+            except TimeoutError:
+                break
+
+
+def _hmi_poll(run: gen.Run, cycles: int, period: float = 0.2) -> None:
+    hmi = gen._modbus_client(gen.MODBUS_HMI)
+    for cycle in range(cycles):
+        for unit in gen.MODBUS_UNITS:
+            with run.op(f"hmi poll {cycle} unit {unit} FC3"):
+                hmi.read_holding_registers(0, count=10, device_id=unit)
+            with run.op(f"hmi poll {cycle} unit {unit} FC4"):
+                hmi.read_input_registers(0, count=8, device_id=unit)
+        with run.op(f"hmi poll {cycle} FC1"):
+            hmi.read_coils(0, count=16, device_id=1)
+        time.sleep(period)
+    hmi.close()
+
+
+def _ews_work(run: gen.Run) -> None:
+    """What the engineering workstation legitimately does: writes, identification, a harmless diagnostic."""
+    ews = gen._modbus_client(gen.MODBUS_EWS)
+    for name, call in [
+        ("FC6 write setpoint", lambda: ews.write_register(10, 1234, device_id=1)),
+        ("FC16 write recipe", lambda: ews.write_registers(20, [11, 22, 33], device_id=1)),
+        ("FC5 write coil", lambda: ews.write_coil(3, True, device_id=1)),
+        ("FC17 report server id", ews.report_device_id),
+        ("FC43/14 read device id", lambda: ews.read_device_information(read_code=1)),
+        ("FC8/0 return query data", lambda: ews.diag_query_data(b"\x12\x34")),
+    ]:
+        with run.op(f"ews {name}"):
+            call()
+    ews.close()
+
+
+def _mb_writes(run: gen.Run) -> None:
+    bad = gen._modbus_client(ATTACKER)
+    for name, call in [
+        ("FC5 write single coil", lambda: bad.write_coil(0, True, device_id=1)),
+        ("FC6 write single register", lambda: bad.write_register(10, 9999, device_id=1)),
+        ("FC15 write multiple coils", lambda: bad.write_coils(0, [True] * 8, device_id=1)),
+        ("FC16 write multiple registers", lambda: bad.write_registers(20, [0, 0, 0, 0], device_id=1)),
+        ("FC22 mask write register", lambda: bad.mask_write_register(address=21, and_mask=0, or_mask=0xFFFF)),
+        ("FC23 read/write registers", lambda: bad.readwrite_registers(read_address=0, read_count=2, write_address=30, values=[1, 2])),
+    ]:
+        with run.op(f"attacker {name}"):
+            call()
+    bad.close()
+
+
+def _mb_diagnostics(run: gen.Run) -> None:
+    bad = gen._modbus_client(ATTACKER)
+    with run.op("attacker FC8/1 restart communications"):
+        bad.diag_restart_communication(False)
+    with run.op("attacker FC8/10 clear counters"):
+        bad.diag_clear_counters()
+    with run.op("attacker FC8/4 force listen only mode (no response expected)"):
+        bad.diag_force_listen_only()
+    time.sleep(0.2)
+    bad.close()
+
+
+def _mb_identification(run: gen.Run) -> None:
+    bad = gen._modbus_client(ATTACKER)
+    with run.op("attacker FC17 report server id"):
+        bad.report_device_id()
+    with run.op("attacker FC43/14 read device id basic"):
+        bad.read_device_information(read_code=1)
+    with run.op("attacker FC43/14 read device id extended"):
+        bad.read_device_information(read_code=3)
+    bad.close()
+
+
+# One plausible PDU per function code: a scanner asks each code with a minimal body.
+_SCAN_PDUS = [
+    bytes([1, 0, 0, 0, 1]), bytes([2, 0, 0, 0, 1]), bytes([3, 0, 0, 0, 1]), bytes([4, 0, 0, 0, 1]), bytes([7]),
+    bytes([11]), bytes([12]), bytes([17]), bytes([20, 7, 6, 0, 1, 0, 0, 0, 1]), bytes([24, 0, 0]),
+    bytes([43, 14, 1, 0]), bytes([41, 0]), bytes([65, 0]), bytes([90, 0]), bytes([100, 0]), bytes([125, 0]),
+]  # fmt: skip
+
+
+def _mb_fc_scan(run: gen.Run) -> None:
+    with run.op(f"attacker function code scan: {len(_SCAN_PDUS)} codes, one raw frame each"):
+        _raw_session(ATTACKER, [_mbap(0x5000 + i, 1, pdu) for i, pdu in enumerate(_SCAN_PDUS)], pause=0.02)
+
+
+def _mb_unit_scan(run: gen.Run) -> None:
+    with run.op("attacker unit id scan 1..20, FC3 one register each"):
+        _raw_session(ATTACKER, [_mbap(0x6000 + u, u, bytes([3, 0, 0, 0, 1])) for u in range(1, 21)], pause=0.02)
+
+
+def _mb_sweep(run: gen.Run) -> None:
+    bad = gen._modbus_client(ATTACKER)
+    for addr in range(0, 1500, 50):  # 30 distinct start addresses, most beyond the 100-register table
+        with run.op(f"attacker sweep FC3 @{addr}"):
+            bad.read_holding_registers(addr, count=1, device_id=1)
+    bad.close()
+
+
+def _mb_exceptions(run: gen.Run) -> None:
+    bad = gen._modbus_client(ATTACKER)
+    for i in range(12):
+        with run.op(f"attacker FC3 beyond the table #{i} (illegal data address)"):
+            bad.read_holding_registers(200 + i, count=4, device_id=1)
+    bad.close()
+
+
+def _mb_broadcast(run: gen.Run) -> None:
+    bad = gen._modbus_client(ATTACKER)
+    with run.op("attacker FC6 broadcast write to unit 0 (no response expected)"):
+        bad.write_register(10, 0, device_id=0, no_response_expected=True)
+    with run.op("attacker FC5 broadcast write to unit 0 (no response expected)"):
+        bad.write_coil(1, False, device_id=0, no_response_expected=True)
+    time.sleep(0.2)
+    bad.close()
+
+
+def _mb_malformed(run: gen.Run) -> None:
+    """Hand-built bytes over a real socket: a valid read, then an MBAP with protocol id 1, then length 300."""
+    good = _mbap(1, 1, bytes([3, 0, 0, 0, 2]))
+    with run.op("attacker raw: valid FC3 then MBAP protocol id 0x0001"):
+        _raw_session(ATTACKER, [good, _mbap(2, 1, bytes([3, 0, 0, 0, 2]), pid=1)], pause=0.1)
+    with run.op("attacker raw: valid FC3 then MBAP length 300"):
+        _raw_session(ATTACKER, [good, _mbap(3, 1, bytes([3, 0, 0, 0, 2]), length=300)], pause=0.1)
+
+
+def _mb_not_modbus(run: gen.Run) -> None:
+    with run.op("attacker raw: HTTP request to TCP 502"):
+        _raw_session(ATTACKER2, [b"GET / HTTP/1.1\r\nHost: plc\r\nUser-Agent: scanner\r\n\r\n"])
+
+
+def _mb_flood(run: gen.Run, n: int = 230) -> None:
+    bad = gen._modbus_client(ATTACKER2)
+    with run.op(f"attacker2 flood: {n} FC3 requests back to back"):
+        for _ in range(n):
+            bad.read_holding_registers(0, count=1, device_id=1)
+    bad.close()
+
+
+def _modbus(run: gen.Run, *steps: Callable[[gen.Run], None]) -> None:
+    with gen.modbus_servers((502,)), run.capture():
+        for step in steps:
+            step(run)
+
+
+MODBUS_ATTACKS = {
+    "write-unknown-host": _mb_writes,
+    "diagnostics": _mb_diagnostics,
+    "identification": _mb_identification,
+    "fc-scan": _mb_fc_scan,
+    "unit-scan": _mb_unit_scan,
+    "address-sweep": _mb_sweep,
+    "exceptions": _mb_exceptions,
+    "broadcast-write": _mb_broadcast,
+    "malformed-mbap": _mb_malformed,
+    "not-modbus": _mb_not_modbus,
+    "flood": _mb_flood,
+}
+for _name, _step in MODBUS_ATTACKS.items():
+    attack(f"modbus-{_name}", f"modbus/{_name}.pcap", MB_BPF)(lambda run, s=_step: _modbus(run, s))
+
+
+@attack("modbus-normal", "modbus/normal.pcap", MB_BPF)
+def modbus_normal(run: gen.Run) -> None:
+    """Quiet capture: HMI polling both units, the engineering workstation writing and identifying the PLC."""
+    _modbus(run, lambda r: _hmi_poll(r, 4), _ews_work, lambda r: _hmi_poll(r, 2))
+
+
+@attack("modbus-mixed", "modbus/mixed.pcap", MB_BPF)
+def modbus_mixed(run: gen.Run) -> None:
+    """Normal polling in the background while every Modbus attack runs, for the end-to-end test."""
+    with gen.modbus_servers((502,)), run.capture():
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set():
+                _hmi_poll(run, 1, period=0.3)
+
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        _ews_work(run)
+        for step in MODBUS_ATTACKS.values():
+            step(run)
+            time.sleep(0.3)
+        stop.set()
+        t.join(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("names", nargs="*", default=["all"], help=f"scenarios: all or {', '.join(ATTACKS)}")
+    parser.add_argument("--prefix", help="only scenarios whose name starts with this (modbus, s7comm, mqtt)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for log in (LOG, gen.LOG):
+        log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for noisy in ("pymodbus", "snap7", "s7"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    names = list(ATTACKS) if args.names == ["all"] else args.names
+    if args.prefix:
+        names = [n for n in names if n.startswith(args.prefix)]
+    for name in names:
+        if name not in ATTACKS:
+            parser.error(f"unknown scenario {name}")
+        filename, bpf, func = ATTACKS[name]
+        run = gen.Run(args.out.resolve() / filename, bpf)
+        LOG.info("%s -> %s", name, run.pcap)
+        func(run)
+        LOG.info("  %s", run.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
