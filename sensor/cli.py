@@ -10,6 +10,9 @@ from typing import Any
 import click
 
 from sensor import __version__
+from sensor.cli_es import attach_es, es_group, es_summary
+from sensor.cli_report import report as report_command
+from sensor.cli_rules import rule_detectors, rules_group
 from sensor.config import Config, ConfigError, load_config
 from sensor.outputs.ndjson import NdjsonSink
 from sensor.outputs.ecs import Observer
@@ -87,11 +90,16 @@ def main() -> None:
 @click.option("--events", "events_path", metavar="PATH", help="NDJSON of every decoded message and decode error ('-' = stdout).")
 @click.option("--alerts", "alerts_path", metavar="PATH", help="NDJSON of alerts ('-' = stdout).")
 @click.option("--stats", "stats_path", metavar="PATH", help="NDJSON with the final sensor statistics document.")
+@click.option("--report", "report_path", metavar="PATH", help="Self-contained HTML report (aggregated while streaming).")
 @click.option("--config", "config_path", metavar="PATH", help="Sensor configuration (YAML).")
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
+@click.option("--rules", "rules_paths", metavar="PATH", multiple=True, help="Rule file or directory (repeatable), added to the shipped pack.")
+@click.option("--no-builtin-rules", is_flag=True, help="Do not load the shipped rule pack (rules/).")
+@click.option("--es", "es_urls", metavar="URL", multiple=True, help="Also send to Elasticsearch at URL (repeatable; see `es setup`).")
 def replay(
     captures: tuple[str, ...], events_path: str | None, alerts_path: str | None, stats_path: str | None,
-    config_path: str | None, quiet: bool,
+    config_path: str | None, quiet: bool, report_path: str | None = None, rules_paths: tuple[str, ...] = (),
+    no_builtin_rules: bool = False, es_urls: tuple[str, ...] = (),
 ) -> None:  # fmt: skip
     """Replay pcap/pcapng captures (files, gzip'd files or directories) through the sensor."""
     try:
@@ -103,9 +111,22 @@ def replay(
     for path, kind in ((events_path, "events"), (alerts_path, "alerts"), (stats_path, "stats")):
         if path:
             getattr(outputs, kind).append(NdjsonSink(path))
+    try:
+        es_sink = attach_es(outputs, config, es_urls)
+    except ConfigError as e:
+        fail(str(e))
+    if report_path:  # one sink on all three streams; it writes the HTML when the pipeline closes it
+        from sensor.outputs.report import ReportSink, rule_pack_summary
+
+        html_report = ReportSink(report_path, captures=files)
+        for sinks in (outputs.events, outputs.alerts, outputs.stats):
+            sinks.append(html_report)
     report = SourceReport()
     tune_gc()
-    pipe = Pipeline(config, outputs, detectors=[], observer=observer_from(config))
+    detectors = rule_detectors(config, rules_paths, no_builtin_rules)
+    if report_path:
+        html_report.rule_pack = rule_pack_summary(detectors)
+    pipe = Pipeline(config, outputs, detectors=detectors, observer=observer_from(config))
     update, prog = _progress(files)
     try:
         pipe.open()
@@ -122,7 +143,18 @@ def replay(
     if not quiet:
         for line in summary_lines(stats, report):
             click.echo(line, err=True)
+        if es_sink is not None:
+            click.echo(es_summary(es_sink), err=True)
 
+
+main.add_command(report_command)
+
+from sensor.cli_live import config_group, live  # noqa: E402 - commands attach after main exists
+
+main.add_command(live)
+main.add_command(config_group)
+main.add_command(rules_group)
+main.add_command(es_group)
 
 if __name__ == "__main__":
     main()

@@ -213,7 +213,7 @@ def _validate(data: Any, schema: dict[str, Any], prefix: str) -> dict[str, Any]:
         if value is None:
             out[key] = None
             continue
-        if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+        if (typ is int and isinstance(value, bool)) or not isinstance(value, typ):
             want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
             raise ConfigError(f"{path}: expected {want}, got {type(value).__name__} ({value!r})")
         out[key] = value

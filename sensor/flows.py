@@ -75,7 +75,7 @@ def ip_text(addr: bytes) -> str:
 class Stream:
     """One direction of a TCP connection."""
 
-    __slots__ = ("next_seq", "ooo", "ooo_bytes", "fin", "probe_buf")
+    __slots__ = ("fin", "next_seq", "ooo", "ooo_bytes", "probe_buf")
 
     def __init__(self) -> None:
         self.next_seq: int | None = None
@@ -87,8 +87,8 @@ class Stream:
 
 class Flow:
     __slots__ = (
-        "info", "keys", "proto", "streams", "decoder", "state", "first_ts", "last_ts",
-        "closed", "probes", "packets", "bytes",
+        "bytes", "closed", "decoder", "first_ts", "info", "keys", "last_ts", "packets", "probes", "proto", "state",
+        "streams",
     )  # fmt: skip
 
     def __init__(self, info: FlowInfo, keys: tuple[tuple, tuple], proto: int, ts: int) -> None:
@@ -204,7 +204,7 @@ class FlowTable:
                 for k, v in dec.stats(flow.state).items():
                     key = f"{dec.name}.{k}"
                     self.stats.decoder_counters[key] = self.stats.decoder_counters.get(key, 0) + v
-            except Exception as e:  # noqa: BLE001 - a decoder bug must not stop the sensor
+            except Exception as e:  # a decoder bug must not stop the sensor
                 self._decoder_crash(flow, dec, e, True, ts, packet)
 
     def _evict_oldest(self, n: int, ts: int, packet: Any) -> None:
@@ -256,6 +256,12 @@ class FlowTable:
             return
         flags = seg.flags
         stream = flow.streams[0 if from_client else 1]
+        if flags & ACK:
+            other = flow.streams[1 if from_client else 0]
+            if other.ooo and other.next_seq is not None and 0 < (seg.ack - other.next_seq) & SEQ_MASK < HALF:
+                # The receiver acknowledged bytes we never saw: they were lost by the capture, not the network.
+                # Handled before this segment's payload, which the receiver sent after having those bytes.
+                self._skip_gap(flow, other, not from_client, ts, packet)
         if flags & SYN:
             stream.next_seq = (seg.seq + 1) & SEQ_MASK
             stream.ooo.clear()
@@ -283,11 +289,6 @@ class FlowTable:
                         self._drain(flow, stream, from_client, ts, packet)
             else:
                 self._hold(flow, stream, from_client, seg.seq, payload, ts, packet)
-        if flags & ACK:
-            other = flow.streams[1 if from_client else 0]
-            if other.ooo and other.next_seq is not None and 0 < (seg.ack - other.next_seq) & SEQ_MASK < HALF:
-                # The receiver acknowledged bytes we never saw: they were lost by the capture, not the network.
-                self._skip_gap(flow, other, not from_client, ts, packet)
         if flags & (FIN | RST):
             if flags & RST:
                 self._close_decoder(flow, ts, packet)
@@ -382,7 +383,7 @@ class FlowTable:
             self.stats.protocol_mismatches += 1
             self.emit(Anomaly(ts, dec.name, flow.info, from_client, f"{dec.name}.protocol_mismatch", e.reason, packet))
             flow.decoder = NO_DECODER
-        except Exception as e:  # noqa: BLE001 - one bad message must not stop the sensor
+        except Exception as e:  # one bad message must not stop the sensor
             self._decoder_crash(flow, dec, e, from_client, ts, packet)
 
     def _decoder_crash(self, flow: Flow, dec: Decoder, e: Exception, from_client: bool, ts: int, packet: Any) -> None:

@@ -131,14 +131,16 @@ class FrameDecoder:
     def decode(self, ts: int, linktype: int, data: bytes) -> Segment | None:
         self.stats.packets += 1
         # Fast path: untagged Ethernet, IPv4 without options or fragments, TCP (nearly all ICS traffic).
-        if linktype == 1 and len(data) >= 54 and data[12:14] == b"\x08\x00" and data[14] == 0x45:
-            if data[23] == 6 and not data[20] & 0x3F and not data[21]:
-                total = (data[16] << 8) | data[17]
-                sport, dport, seq, ack, doff, flags, _win = _TCP.unpack_from(data, 34)
-                hl = (doff >> 4) * 4
-                end = 14 + total
-                if 20 <= hl and 34 + hl <= end <= len(data):
-                    return Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + hl : end])
+        if (
+            linktype == 1 and len(data) >= 54 and data[12:14] == b"\x08\x00" and data[14] == 0x45
+            and data[23] == 6 and not data[20] & 0x3F and not data[21]
+        ):  # fmt: skip
+            total = (data[16] << 8) | data[17]
+            sport, dport, seq, ack, doff, flags, _win = _TCP.unpack_from(data, 34)
+            hl = (doff >> 4) * 4
+            end = 14 + total
+            if hl >= 20 and 34 + hl <= end <= len(data):
+                return Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + hl : end])
         n = len(data)
         vlan: tuple[int, ...] = ()
         if linktype == DLT_EN10MB:

@@ -171,6 +171,20 @@ class Pipeline:
                 c.first_ts = rec.ts
             self._last_packet: PacketRef = rec
 
+    def flush(self, extra_stats: dict[str, Any] | None = None, ts: int | None = None) -> None:
+        """Live mode, about once a minute: push buffered documents and a stats document to the sinks."""
+        self._flush_events()
+        self._flush_alerts()
+        if self.outputs.stats:
+            stats = self.stats()
+            if extra_stats:
+                stats.update(extra_stats)
+            doc = self.mapper.stats(ts if ts is not None else time.time_ns(), stats)
+            for s in self.outputs.stats:
+                s.write([doc])
+        for s in self.outputs.all():
+            s.flush()
+
     def close(self) -> dict[str, Any]:
         """End of input: close flows (unanswered requests), detectors, write stats, close sinks."""
         last = getattr(self, "_last_packet", PacketRef(None, 0, -1))

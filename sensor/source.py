@@ -55,7 +55,7 @@ class SourceReport:
 
 
 def _open(path: str) -> BinaryIO:
-    f = open(path, "rb")
+    f = open(path, "rb")  # noqa: SIM115 - returned open to the caller
     if f.read(2) == GZIP_MAGIC:
         f.close()
         return gzip.open(path, "rb")  # type: ignore[return-value]
@@ -132,7 +132,7 @@ def _read_pcap(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> It
     if not c.ensure(24):
         report.problems.append(f"{path}: truncated pcap file header at offset 0")
         return
-    _, major, _minor, _tz, _sig, snaplen, network = struct.unpack_from(order + "IHHiIII", c.buf, 0)
+    _, _major, _minor, _tz, _sig, snaplen, network = struct.unpack_from(order + "IHHiIII", c.buf, 0)
     c.pos = 24
     linktype = network & 0x0FFFFFFF  # upper bits carry FCS information (pcap spec section 6)
     if snaplen == 0:

@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, TCP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, fragment6
 from scapy.packet import Packet
 
-from sensor.frames import FrameDecoder, FragmentTable
+from sensor.frames import FragmentTable, FrameDecoder
 from tests.craft import T0, Conv, read_holding, read_holding_resp, tshark_rows, write_pcap
 from tests.replay_helpers import replay
 
@@ -61,7 +61,7 @@ def _frag4(p: Packet, reverse: bool) -> list[bytes]:
     frs = [bytes(f) for f in fragment(p, fragsize=8)]
     assert len(frs) >= 4
     if reverse:  # out of order, and the middle fragment duplicated
-        frs = frs[::-1] + [frs[len(frs) // 2]]
+        frs = [*frs[::-1], frs[len(frs) // 2]]
     return frs
 
 

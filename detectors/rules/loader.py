@@ -100,7 +100,13 @@ class _Problems:
         self.items.append(Problem(self.file, line, col, reason))
 
 
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap"})
+
+
 def _convert(node: yaml.Node, loader: _Loader, probs: _Problems) -> Any:
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+        probs.add(_pos(node.start_mark), f"invalid YAML: tag {node.tag} is not allowed (safe loading only)")
+        return None
     if isinstance(node, yaml.MappingNode):
         out = YMap()
         out.pos, out.kpos, out.vpos = _pos(node.start_mark), {}, {}
@@ -245,7 +251,7 @@ class Catalog:
         if t is not None:
             return t
         parts = path.split(".")
-        for i in range(len(parts) - 1, 3, -1):  # ics.<proto>.<field>.<sub...> under a flattened/object field
+        for i in range(len(parts) - 1, 2, -1):  # ics.<proto>.<field>.<sub...> under a flattened/object field
             parent = fields.get(".".join(parts[:i]))
             if parent in OPEN_TYPES:
                 return "any"

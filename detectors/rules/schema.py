@@ -62,4 +62,4 @@ EXPECT_KEYS: dict[str, bool] = {"count": True, "match": False}
 EXCEPTION_KEYS: dict[str, bool] = {"name": True, "match": True}
 
 # The field each protocol's rules are indexed by, when a rule pins it with an equality or `in` at top level.
-INDEX_FIELDS: dict[str, str] = {"modbus": "function_code", "s7comm": "function_code", "mqtt": "packet_type"}
+INDEX_FIELDS: dict[str, str] = {"modbus": "function_code", "s7comm": "function_code", "mqtt": "msgtype"}

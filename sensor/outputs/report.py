@@ -12,6 +12,7 @@ external resource, and a Content-Security-Policy that forbids any request. Every
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import heapq
 import html
 import math
@@ -24,7 +25,7 @@ from typing import Any
 import orjson
 
 from sensor import __version__
-from sensor.attack import RELEASE, TACTIC_NAMES, TACTICS, technique
+from sensor.attack import RELEASE, TACTICS, technique
 from sensor.outputs.base import Document
 from sensor.outputs.report_assets import CSS, JS
 
@@ -53,6 +54,22 @@ def json_for_script(value: Any) -> str:
     s = orjson.dumps(value).decode()
     return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))  # fmt: skip
+
+
+def rule_pack_summary(detectors: Iterable[Any]) -> str | None:
+    """'12 rules, 10 active, id@rev digest 1a2b3c4d5e6f' for the rule engines among ``detectors`` (duck-typed)."""
+    rules: list[tuple[str, int]] = []
+    active = 0
+    for d in detectors:
+        for st in getattr(d, "statuses", ()):
+            rule = getattr(st, "rule", None)
+            if rule is not None:
+                rules.append((str(rule.id), int(getattr(rule, "rev", 1))))
+                active += bool(getattr(st, "active", True))
+    if not rules:
+        return None
+    digest = hashlib.sha256(" ".join(f"{i}@{r}" for i, r in sorted(rules)).encode()).hexdigest()[:12]
+    return f"{len(rules)} rules, {active} active, id@rev digest {digest}"
 
 
 def _sev_label(doc_event: Document, ics_alert: Document) -> str:
@@ -327,22 +344,24 @@ class ReportSink:
 
     def _mqtt(self, f: Document, cip: str, req: bool, ts: str, action: str | None) -> None:
         D = self.data
-        cid = f.get("client_id", f.get("client_identifier"))
+        cid = f.get("clientid", f.get("client_id"))
         if cid is not None:
             key = (cip, str(cid)[:256])
             c = D.mqtt_clients.get(key)
             if c is None and len(D.mqtt_clients) < MAX_KEYS:
-                c = D.mqtt_clients[key] = {"connects": 0}
+                c = D.mqtt_clients[key] = {"messages": 0}
             if c is not None:
-                c["connects"] += 1
-                for k in ("username", "protocol_version", "protocol_name", "keep_alive", "clean_session", "will_topic"):
-                    if f.get(k) is not None:
-                        c[k] = str(f[k])[:200]
-        topic = f.get("topic", f.get("topic_name"))
-        a = (action or "").lower()
-        if topic is not None and "publish" in a and (f.get("packet_type_name") or a).startswith("publish"):
+                c["messages"] += 1
+                if c["messages"] == 1 or f.get("msgtype") == 1:
+                    for k in ("username", "protocol_version_name", "kalive", "willtopic", "transport_security"):
+                        if f.get(k) is not None:
+                            c[k] = str(f[k])[:200]
+        a = action or ""
+        topic = f.get("topic")
+        if topic is not None and (f.get("msgtype") == 3 or a.startswith("publish-message")):
+            topic = str(topic)
             t = D.mqtt_topics.get(topic)
-            who = cip if req else f"broker → {cip}"
+            who = (str(cid) if cid is not None else cip) if req else f"broker → {cid if cid is not None else cip}"
             if t is None:
                 if len(D.mqtt_topics) >= MAX_KEYS:
                     D.dropped_keys += 1
@@ -357,10 +376,10 @@ class ReportSink:
             if f.get("retain"):
                 t[3] += 1
             t[5] = ts
-        filters = f.get("topic_filters", f.get("filters", f.get("topics")))
-        if filters and "subscribe" in a and "unsubscribe" not in a:
+        elif f.get("msgtype") == 8 or a.startswith("subscribe-request"):
+            filters = f.get("topic_filters") or f.get("topics") or []
             for flt in filters if isinstance(filters, list) else [filters]:
-                name = flt.get("topic", flt.get("filter")) if isinstance(flt, dict) else flt
+                name = flt.get("topic") if isinstance(flt, dict) else flt
                 if name is None:
                     continue
                 s = D.mqtt_subs.get(str(name))
@@ -369,7 +388,7 @@ class ReportSink:
                         continue
                     s = D.mqtt_subs[str(name)] = set()
                 if len(s) < 16:
-                    s.add(cip)
+                    s.add(f"{cid} ({cip})" if cid is not None else cip)
 
     def _alert(self, d: Document, ev: Document) -> None:
         D = self.data
@@ -465,7 +484,7 @@ def hbar_chart(chart_id: str, items: list[tuple[str, int, str]], title: str, wid
     vmax = max(v for _, v, _ in items) or 1
     bar_w = width - label_w - num_w
     out = [f'<svg id="{e(chart_id)}" class="chart hbar" role="img" aria-label="{e(title)}" viewBox="0 0 {width} {h}" '
-           f'width="{width}" height="{h}" xmlns="http://www.w3.org/2000/svg"><title>{e(title)}</title>']  # fmt: skip
+           f'width="{width}" height="{h}"><title>{e(title)}</title>']  # fmt: skip
     for i, (label, v, cls) in enumerate(items):
         y = 4 + i * row
         w = max(1.0, bar_w * v / vmax)
@@ -502,7 +521,7 @@ def timeline_chart(chart_id: str, series: dict[str, dict[int, int]], title: str,
         return f'<p class="empty" id="{e(chart_id)}">No data.</p>'
     bw = pw / n
     out = [f'<svg id="{e(chart_id)}" class="chart timeline" role="img" aria-label="{e(title)}" viewBox="0 0 {width} {height}" '
-           f'width="100%" preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg"><title>{e(title)}</title>',
+           f'width="100%" preserveAspectRatio="xMinYMin meet"><title>{e(title)}</title>',
            f'<line class="axis" x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}"/>',
            f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}"/>',
            f'<text class="tick" x="{left - 4}" y="{top + 8}" text-anchor="end">{vmax:,}</text>',
@@ -775,8 +794,8 @@ class Renderer:
             f'<th data-key="{k}" aria-sort="none"><button type="button" class="sort">{lbl}</button></th>'
             for k, lbl in (("ts", "Time (UTC)"), ("sev", "Severity"), ("rule", "Rule"), ("tech", "Techniques"),
                            ("src", "Source"), ("dst", "Destination"), ("proto", "Protocol / action"), ("count", "Count"),
-                           ("msg", "Message"))  # fmt: skip
-        )
+                           ("msg", "Message"))
+        )  # fmt: skip
         body = []
         for i, r in enumerate(rows):
             tech = " ".join(r.techniques)
@@ -784,7 +803,7 @@ class Renderer:
             src = f"{r.src}:{r.src_port}" if r.src_port is not None else r.src
             dst = f"{r.dst}:{r.dst_port}" if r.dst_port is not None else r.dst
             body.append(
-                f'<tr class="arow" data-i="{i}" data-ts="{e(r.ts)}" data-sev="{r.sev}" data-rule="{e(r.rule_id)}" '
+                f'<tr class="arow" data-i="{i}" data-ts="{e(r.ts)}" data-severity="{r.sev}" data-rule="{e(r.rule_id)}" '
                 f'data-technique="{e(tech)}" data-source="{e(r.src)}" data-destination="{e(r.dst)}" data-count="{r.count}">'
                 f'<td><button type="button" class="exp" aria-expanded="false" aria-label="show fields">▸</button>{e(r.ts[:23].replace("T", " "))}</td>'
                 f'<td><span class="chip sev-{r.sev}">{r.sev}</span></td><td><b>{e(r.rule_id)}</b> {e(r.rule_name)}</td>'
@@ -858,7 +877,7 @@ class Renderer:
             for i, ip in enumerate(c):
                 xy[ip] = (xs[ci], off + i * row_h, ci)
         out = [f'<svg id="graph" class="chart graph" role="img" aria-label="Hosts and the conversations between them" '
-               f'viewBox="0 0 {width} {height}" width="100%" preserveAspectRatio="xMidYMin meet" xmlns="http://www.w3.org/2000/svg">'
+               f'viewBox="0 0 {width} {height}" width="100%" preserveAspectRatio="xMidYMin meet">'
                "<title>Who talks to whom: clients on the left, servers on the right</title>"]  # fmt: skip
         vmax = max(ed.count for ed in edges) or 1
         show_labels = len(edges) <= 14
@@ -867,10 +886,14 @@ class Renderer:
             x2, y2, c2 = xy[ed.server]
             if c1 == c2:
                 d = f"M{x1 + 8},{y1} C{x1 + 140},{y1} {x2 + 140},{y2} {x2 + 8},{y2}"
-                mx, my = x1 + 110, (y1 + y2) / 2
+                lx, ly, anchor = x1 + 110, (y1 + y2) / 2, "middle"
             else:
-                mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+                mx = (x1 + x2) / 2
                 d = f"M{x1 + 8},{y1} C{mx},{y1} {mx},{y2} {x2 - 8},{y2}"
+                t = 0.12  # label near the client end, where edges are still apart
+                lx = (1 - t) ** 3 * (x1 + 8) + 3 * (1 - t) * t * mx + t**3 * (x2 - 8) + 6
+                ly = ((1 - t) ** 3 + 3 * (1 - t) ** 2 * t) * y1 + (3 * (1 - t) * t**2 + t**3) * y2
+                anchor = "start"
             sw = 1.2 + 4 * math.log10(1 + 9 * ed.count / vmax)
             proto = ed.protos.most_common(1)[0][0]
             cls = ["edge", f"proto-{proto if proto in PROTO_COLORS else 'other'}"]
@@ -889,15 +912,16 @@ class Renderer:
                 top_funcs = ", ".join(k.split(": ", 1)[-1] for k, _ in ed.funcs.most_common(2))
                 flags = (" ✎" if ed.writes else "") + (" ⚡" if ed.controls else "")
                 label = f"{proto}: {top_funcs}{flags}" if top_funcs else proto
-                out.append(f'<text class="elabel" x="{mx:.1f}" y="{my - 4:.1f}" text-anchor="middle">{e(label[:60])}</text>')
+                out.append(f'<text class="elabel" x="{lx:.1f}" y="{ly - 5:.1f}" text-anchor="{anchor}">{e(label[:60])}</text>')
         for ip, (x, y, ci) in xy.items():
             h = self.hosts[ip]
             roles = ", ".join(sorted(h.roles))
+            short_roles = roles if len(roles) <= 40 else roles[:39] + "…"
             anchor, dx = ("end", -12) if ci == 0 and len(used) > 1 else ("start", 12)
             cls = "node" + (" alerted" if h.alerts else "") + (" writer" if h.writes or h.controls else "")
             out.append(f'<g class="{cls}" data-ip="{e(ip)}"><title>{e(ip)}: {e(roles)}; sent {h.sent:,}, received {h.received:,}, alerts {h.alerts:,}</title>'
                        f'<circle cx="{x}" cy="{y}" r="7"/><text class="nlabel" x="{x + dx}" y="{y - 2}" text-anchor="{anchor}">{e(ip)}</text>'
-                       f'<text class="nrole" x="{x + dx}" y="{y + 11}" text-anchor="{anchor}">{e(roles if len(roles) <= 40 else roles[:39] + '…')}</text></g>')  # fmt: skip
+                       f'<text class="nrole" x="{x + dx}" y="{y + 11}" text-anchor="{anchor}">{e(short_roles)}</text></g>')  # fmt: skip
         out.append("</svg>")
         omitted = len(weight) - len(keep)
         legend = ('<div class="legend"><span class="chip proto-modbus">modbus</span><span class="chip proto-s7comm">s7comm</span>'
@@ -1004,11 +1028,12 @@ class Renderer:
                   f"<tbody>{subs}</tbody></table>") if subs else ""  # fmt: skip
         crow = "".join(
             f"<tr><td>{e(ip)}</td><td class=\"topic\">{e(cid)}</td><td>{e(c.get('username', ''))}</td>"
-            f"<td>{e(c.get('protocol_version', c.get('protocol_name', '')))}</td><td>{e(c.get('keep_alive', ''))}</td><td class=\"r\">{c['connects']:,}</td></tr>"
+            f"<td>{e(c.get('protocol_version_name', ''))}</td><td>{e(c.get('kalive', ''))}</td><td>{e(c.get('willtopic', ''))}</td>"
+            f"<td>{e(c.get('transport_security', ''))}</td><td class=\"r\">{c['messages']:,}</td></tr>"
             for (ip, cid), c in sorted(D.mqtt_clients.items())[:MAX_ROWS]
         )  # fmt: skip
         ctable = (f'<h3>Clients</h3><table class="data" id="mqtt-clients"><thead><tr><th>Host</th><th>Client id</th><th>User</th>'
-                  f"<th>Version</th><th>Keep-alive</th><th>Messages</th></tr></thead><tbody>{crow}</tbody></table>") if crow else ""  # fmt: skip
+                  f"<th>Version</th><th>Keep-alive</th><th>Will topic</th><th>Transport</th><th>Messages</th></tr></thead><tbody>{crow}</tbody></table>") if crow else ""  # fmt: skip
         return f'<h3>Packet types</h3>{chart}<h3>Topics</h3><div class="scroll">{ttable}</div>{stable}{ctable}'
 
     def sensor_stats(self) -> str:

@@ -146,7 +146,7 @@ JS = r"""
     th.setAttribute('aria-sort', dir === 1 ? 'ascending' : 'descending');
     var idx = th.cellIndex;
     function val(r) {
-      if (key === 'sev') { return SEV[r.getAttribute('data-sev')] || 0; }
+      if (key === 'sev') { return SEV[r.getAttribute('data-severity')] || 0; }
       if (key === 'count') { return +r.getAttribute('data-count'); }
       if (key === 'ts') { return r.getAttribute('data-ts'); }
       return r.cells[idx].textContent.toLowerCase();

@@ -36,7 +36,7 @@ LANES = ("alerts", "events")  # drain order; drop order is the reverse
 _SUFFIX = ".ndjson"
 
 
-class SpoolError(Exception):
+class SpoolError(OSError):
     pass
 
 
@@ -242,9 +242,11 @@ class Spool:
             if lane.cursor_seq < first.seq:
                 lane.cursor_seq, lane.cursor_offset, lane.cursor_index = first.seq, 0, 0
             consumed = lane.cursor_seq > first.seq or lane.cursor_offset >= first.size
-            still_open = first is lane.segments[-1] and lane.writer is not None
-            if not consumed or still_open:
+            if not consumed:
                 break
+            if first is lane.segments[-1] and lane.writer is not None:  # all delivered: start afresh on next append
+                lane.writer.close()
+                lane.writer = None
             lane.segments.pop(0)
             self.total_bytes -= first.size
             first.path.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ def _function_meta(fc: int) -> tuple[str, str, str | None]:
 
 
 class ModbusState:
-    __slots__ = ("flow", "bufs", "pending", "good", "bad_streak", "requests", "responses", "unanswered", "unmatched")
+    __slots__ = ("bad_streak", "bufs", "flow", "good", "pending", "requests", "responses", "unanswered", "unmatched")
 
     def __init__(self, flow: FlowInfo) -> None:
         self.flow = flow
@@ -78,7 +78,7 @@ class ModbusDecoder:
             tid, pid, length, unit = MBAP.unpack_from(buf, pos)
             if pid != 0 or not 2 <= length <= 254:
                 state.bad_streak += 1
-                if state.good == 0 and state.bad_streak >= MISMATCH_AFTER or state.good == 0 and pos == 0 and n > 16:
+                if state.good == 0 and (state.bad_streak >= MISMATCH_AFTER or (pos == 0 and n > 16)):
                     raise ProtocolMismatch(
                         f"not Modbus/TCP: MBAP protocol id {pid}, length {length} at the start of the stream"
                     )

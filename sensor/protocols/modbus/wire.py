@@ -220,7 +220,7 @@ def _server_id_response(pdu: bytes, f: Fields, limit: int, request: Fields | Non
 def _file_response(pdu: bytes, f: Fields, limit: int, request: Fields | None) -> Problem:
     if pdu[0] == 21:
         return _file_request(pdu, f, limit)
-    data, problem = _byte_counted(pdu, 1, f)
+    _data, problem = _byte_counted(pdu, 1, f)
     return problem
 
 

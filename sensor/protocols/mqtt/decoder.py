@@ -18,8 +18,25 @@ from sensor.messages import Anomaly, FlowInfo, Message, PacketRef
 from sensor.messages.mqtt import REGISTRY
 from sensor.protocols.base import Probe, ProtocolMismatch
 from sensor.protocols.mqtt.codes import (
-    AUTH, CONNACK, CONNECT, DISCONNECT, MSGTYPE_NAMES, PINGREQ, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL,
-    REQUIRED_FLAGS, SENDER, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, VERSION_NAMES,
+    AUTH,
+    CONNACK,
+    CONNECT,
+    DISCONNECT,
+    MSGTYPE_NAMES,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    REQUIRED_FLAGS,
+    SENDER,
+    SUBACK,
+    SUBSCRIBE,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    VERSION_NAMES,
 )  # fmt: skip
 from sensor.protocols.mqtt.wire import BODIES, Malformed, publish
 
@@ -60,9 +77,30 @@ def _valid_first_byte(h: int) -> bool:
 
 class MqttState:
     __slots__ = (
-        "flow", "version", "inferred", "clientid", "username", "connect_seen", "connack_seen", "introduced",
-        "chunks", "have", "need", "skip", "synced", "started", "aliases", "pending", "gapped", "good", "dropped",
-        "packets", "unanswered", "unmatched", "resync_bytes", "oversize",
+        "aliases",
+        "chunks",
+        "clientid",
+        "connack_seen",
+        "connect_seen",
+        "dropped",
+        "flow",
+        "gapped",
+        "good",
+        "have",
+        "inferred",
+        "introduced",
+        "need",
+        "oversize",
+        "packets",
+        "pending",
+        "resync_bytes",
+        "skip",
+        "started",
+        "synced",
+        "unanswered",
+        "unmatched",
+        "username",
+        "version",
     )  # fmt: skip
 
     def __init__(self, flow: FlowInfo) -> None:
@@ -171,7 +209,7 @@ class MqttDecoder:
             if not self._plausible(data):
                 state.resync_bytes += len(data)
                 state.dropped += 1
-                if state.good == 0 and state.dropped >= MISMATCH_AFTER:
+                if state.packets == 0 and state.dropped >= MISMATCH_AFTER:
                     raise ProtocolMismatch(f"no MQTT fixed header found in {state.dropped} segments")
                 return out
             state.synced[i] = True
@@ -185,14 +223,14 @@ class MqttDecoder:
                     chunks.append(data[pos:])
                     state.have[i] = n - pos
                     break
-                if state.good == 0 and not state.flow.midstream:
+                if state.packets == 0 and not state.flow.midstream:
                     raise ProtocolMismatch("not MQTT: remaining length with a fifth continuation byte at stream start")
                 out.append(self._anomaly(state, from_client, ts, packet, "mqtt.invalid_remaining_length",
                                          "remaining length with a fifth continuation byte; rest of segment dropped", data[pos]))  # fmt: skip
                 state.synced[i] = False
                 state.resync_bytes += n - pos
                 break
-            if pos == 0 and state.good == 0 and not state.flow.midstream and not _valid_first_byte(data[0]):
+            if pos == 0 and state.packets == 0 and not state.flow.midstream and not _valid_first_byte(data[0]):
                 raise ProtocolMismatch(f"not MQTT: first byte 0x{data[0]:02x} is no valid fixed header")
             end = j + rl
             if rl > maxp:
@@ -337,7 +375,6 @@ class MqttDecoder:
             self._topic(st, from_client, f, problems)
         self._pair(st, from_client, t, f, msg, ts, problems)
         if problems:
-            st.good += 0  # keep counting only clean packets
             for name, reason in problems:
                 out.append(self._anomaly(st, from_client, ts, packet, name, reason, hdr, f))
         else:
@@ -351,7 +388,7 @@ class MqttDecoder:
             v = 5 if rl > 2 else 4
         elif t in (PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK):
             v = 5 if rl > 2 else None
-        elif t == DISCONNECT or t == AUTH:
+        elif t in (DISCONNECT, AUTH):
             v = 5 if rl > 0 or t == AUTH else None
         if v is not None:
             st.version = v
@@ -416,15 +453,14 @@ class MqttDecoder:
 
     # -- end of flow -------------------------------------------------------------------------------------------
     def close(self, state: MqttState, ts: int, packet: PacketRef) -> Iterable[Message | Anomaly]:
-        state.unanswered += sum(1 for k in state.pending if k[1] != PUBREC)  # PUBREC waits on PUBREL: not a request
+        state.unanswered += len(state.pending)
         state.pending.clear()
         out: list[Message | Anomaly] = []
         for i in (0, 1):
             if state.chunks[i] or state.skip[i]:
                 h = state.chunks[i][0][0] if state.chunks[i] else PUBLISH << 4
-                if state.chunks[i] or state.skip[i]:
-                    out.append(self._anomaly(state, i == 0, ts, packet, "mqtt.truncated_stream",
-                                             "the connection ended inside a packet", h))  # fmt: skip
+                out.append(self._anomaly(state, i == 0, ts, packet, "mqtt.truncated_stream",
+                                         "the connection ended inside a packet", h))  # fmt: skip
                 state.chunks[i].clear()
                 state.skip[i] = 0
         return out

@@ -8,12 +8,28 @@ which keeps the fields decoded so far; problems that do not stop decoding are ap
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from sensor.protocols.mqtt.codes import (
-    AUTH, CONNACK, CONNACK_RETURN_CODES, CONNECT, DISCONNECT, PROPERTIES, PROTOCOL_NAMES, PUBLISH, REASON_CODES,
-    REASON_ZERO, REPEATABLE, SECRET_PROPERTIES, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, VERSION_NAMES,
+    AUTH,
+    CONNACK,
+    CONNACK_RETURN_CODES,
+    CONNECT,
+    DISCONNECT,
+    PROPERTIES,
+    PROTOCOL_NAMES,
+    PUBLISH,
+    REASON_CODES,
+    REASON_ZERO,
+    REPEATABLE,
+    SECRET_PROPERTIES,
+    SUBACK,
+    SUBSCRIBE,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    VERSION_NAMES,
 )  # fmt: skip
 
 Fields = dict[str, Any]
@@ -21,7 +37,7 @@ Problems = list[tuple[str, str]]
 MAX_BINARY_HEX = 256  # bytes of correlation data kept (as hex)
 
 
-class Malformed(Exception):  # noqa: N818 - named after the condition, like Wireshark's "Malformed Packet"
+class Malformed(Exception):
     """Raised inside the wire functions only; the decoder turns it into an Anomaly."""
 
     def __init__(self, name: str, reason: str) -> None:
@@ -234,7 +250,7 @@ def connack(b: bytes, flags: int, version: int, f: Fields, problems: Problems, l
         f["reason_code_name"] = reason_name(CONNACK, code)
         f["is_error"] = code >= 0x80
         if end > 2:
-            f["properties"], pos = properties(b, 2, end, CONNACK, problems, limit)
+            f["properties"], _pos = properties(b, 2, end, CONNACK, problems, limit)
     else:
         f["conack_val"] = code
         f["conack_val_name"] = CONNACK_RETURN_CODES.get(code, "reserved")
@@ -270,10 +286,8 @@ def publish(
     if keep:
         data = b[pos : pos + keep]
         f["msg"] = data.hex()
-        try:
+        with contextlib.suppress(UnicodeDecodeError):
             f["msg_text"] = data.decode()
-        except UnicodeDecodeError:
-            pass
         f["msg_truncated"] = total - pos > len(data)
 
 
