@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sensor.source import SourceReport, read_capture  # noqa: E402
+from sensor.source import SourceReport, read_capture
 
 GROUP = 64  # replicas interleaved at once (concurrent flows ~ GROUP x template flows)
 

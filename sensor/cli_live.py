@@ -92,7 +92,7 @@ def live(
             try:
                 pipe.detectors = build_detectors()  # rules and lists re-read; flows and decoders keep their state
                 click.echo("ics-sensor: rules reloaded", err=True)
-            except Exception as e:  # noqa: BLE001 - a bad rule file on reload keeps the old rules running
+            except Exception as e:
                 click.echo(f"ics-sensor: reload failed, keeping the old rules: {e}", err=True)
         if now >= next_stats:
             next_stats = now + stats_interval

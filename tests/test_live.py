@@ -6,6 +6,7 @@ root namespace; the sensor captures on the bridge, receive-only. Skips where nam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -80,10 +81,8 @@ class Plant:
             # Kill anything left in the namespace (mosquitto execs itself), then remove it.
             pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
             sh("ip", "netns", "del", ns, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
 
@@ -137,7 +136,7 @@ def test_live_plant_end_to_end(plant: Plant, tmp_path: Path) -> None:
         time.sleep(1.5)
     finally:
         sensor.send_signal(signal.SIGTERM)
-        out, err = sensor.communicate(timeout=30)
+        _out, err = sensor.communicate(timeout=30)
     assert sensor.returncode == 0, err
     # Receive-only: the sensor sent nothing on the monitored interface.
     assert _tx_packets(plant.bridge) == tx_before

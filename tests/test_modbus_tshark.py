@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_PCAPS, SHARED_PCAPS
+from tests.conftest import PROJECT_PCAPS
 from tests.replay_helpers import replay
 from tests.tshark_json import layers
 
