@@ -14,6 +14,7 @@ produces: those scenarios send hand-built bytes over a real TCP socket to the re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import socket
 import struct
@@ -253,6 +254,177 @@ def modbus_mixed(run: gen.Run) -> None:
             time.sleep(0.3)
         stop.set()
         t.join(10)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MQTT: mosquitto (allow_anonymous false, password file) with paho-mqtt peers
+# ---------------------------------------------------------------------------------------------------------
+
+MQTT_BPF = f"tcp port {gen.MQTT_PORT}"
+
+
+def _mqtt_normal_peers(run: gen.Run, rounds: int) -> None:
+    """Historian, controller and pump sensor doing their usual work (all known client ids, all authenticated)."""
+    historian = gen.MqttPeer("historian-01", "127.0.0.70", "historian")
+    controller = gen.MqttPeer("line1-controller", "127.0.0.60", "controller")
+    pump = gen.MqttPeer("pump1-sensor", "127.0.0.50", "sensor-pump1")
+    with run.op("historian connect, subscribe plant/#"):
+        historian.connect()
+        historian.subscribe("plant/#", 1)
+    with run.op("controller connect, subscribe plant/+/telemetry"):
+        controller.connect()
+        controller.subscribe("plant/+/telemetry", 1)
+    with run.op("pump1 connect, subscribe its command topic, retained status"):
+        pump.connect()
+        pump.subscribe("plant/pump1/cmd", 1)
+        pump.publish("plant/pump1/status", "online", qos=1, retain=True)
+    for i in range(rounds):
+        with run.op(f"pump1 telemetry #{i}"):
+            pump.publish("plant/pump1/telemetry", f'{{"flow":{12.5 + i},"rpm":{1450 + i}}}', qos=1)
+    with run.op("controller command to pump1"):
+        controller.publish("plant/pump1/cmd", '{"setpoint_rpm":1500}', qos=1)
+    with run.op("disconnect all"):
+        for peer in (pump, controller, historian):
+            peer.disconnect()
+
+
+def _mqtt_attacker(client_id: str = "maint-laptop", user: str = "controller", password: str | None = None) -> gen.MqttPeer:
+    """The intruder on 127.0.0.66, by default with the controller's stolen credentials."""
+    return gen.MqttPeer(client_id, ATTACKER, user, password=password)
+
+
+def _mq_subscribe_all(run: gen.Run) -> None:
+    bad = _mqtt_attacker()
+    with run.op("attacker subscribe # and $SYS/#"):
+        bad.connect()
+        bad.subscribe("#", 0)
+        bad.subscribe("$SYS/#", 0)
+        time.sleep(0.2)
+        bad.disconnect()
+
+
+def _mq_anonymous(run: gen.Run) -> None:
+    import paho.mqtt.client as mqtt
+
+    with run.op("attacker anonymous CONNECT (no user name; refusal expected)") as notes:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anon-probe", reconnect_on_failure=False)
+        done = threading.Event()
+        client.on_connect = lambda *a: done.set()
+        client.connect(gen.LOOPBACK, gen.MQTT_PORT, 30, bind_address=ATTACKER)
+        client.loop_start()
+        done.wait(5)
+        client.loop_stop()
+        client.disconnect()
+        notes.append("refused")
+
+
+def _mq_brute_force(run: gen.Run) -> None:
+    for i in range(6):
+        with run.op(f"attacker2 login as controller, guess #{i} (refusal expected)") as notes:
+            try:
+                gen.MqttPeer("line1-controller", ATTACKER2, "controller", password=f"guess{i}").connect()
+            except PermissionError as exc:
+                notes.append(str(exc))
+
+
+def _mq_command_publish(run: gen.Run) -> None:
+    pump = gen.MqttPeer("pump1-sensor", "127.0.0.50", "sensor-pump1")
+    bad = _mqtt_attacker()
+    with run.op("pump1 subscribes its command topic (so the broker forwards the attack)"):
+        pump.connect()
+        pump.subscribe("plant/pump1/cmd", 1)
+    with run.op("attacker publishes a command and a config change"):
+        bad.connect()
+        bad.publish("plant/pump1/cmd", '{"setpoint_rpm":3600}', qos=1)
+        bad.publish("plant/boiler/config", '{"max_temp_c":140}', qos=1)
+        pump.wait_messages(1)
+    with run.op("disconnect"):
+        bad.disconnect()
+        pump.disconnect()
+
+
+def _mq_new_client(run: gen.Run) -> None:
+    bad = _mqtt_attacker(client_id="mqtt-explorer-4f2a")
+    with run.op("unknown client id connects and reads telemetry"):
+        bad.connect()
+        bad.subscribe("plant/+/telemetry", 0)
+        bad.disconnect()
+
+
+def _mq_oversized(run: gen.Run) -> None:
+    pump = gen.MqttPeer("pump1-sensor", "127.0.0.50", "sensor-pump1")
+    historian = gen.MqttPeer("historian-01", "127.0.0.70", "historian")
+    with run.op("historian subscribes plant/# (sees the forwarded copy)"):
+        historian.connect()
+        historian.subscribe("plant/#", 0)
+    with run.op("pump1 publishes a 10 000-byte payload"):
+        pump.connect()
+        pump.publish("plant/pump1/blob", "A" * 10_000, qos=1)
+        historian.wait_messages(1)
+    with run.op("disconnect"):
+        pump.disconnect()
+        historian.disconnect()
+
+
+def _mq_malformed(run: gen.Run) -> None:
+    """Hand-built bytes over real sockets to mosquitto: no real client sends these."""
+
+    def send(data: bytes) -> None:
+        with socket.create_connection((gen.LOOPBACK, gen.MQTT_PORT), timeout=2, source_address=(ATTACKER, 0)) as s:
+            s.settimeout(0.3)
+            s.sendall(data)
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                s.recv(64)
+
+    name = b"\x00\x04MQTT"
+    with run.op("attacker raw: CONNECT with protocol level 9"):
+        body = name + bytes([9, 0x02, 0, 30]) + b"\x00\x03bad"
+        send(bytes([0x10, len(body)]) + body)
+    with run.op("attacker raw: CONNECT with the reserved flag bit set"):
+        body = name + bytes([4, 0x03, 0, 30]) + b"\x00\x03bad"
+        send(bytes([0x10, len(body)]) + body)
+
+
+def _mq_retained_flood(run: gen.Run) -> None:
+    bad = _mqtt_attacker()
+    with run.op("attacker publishes 25 retained messages"):
+        bad.connect()
+        for i in range(25):
+            bad.publish(f"plant/junk/{i}", "x" * 16, qos=0, retain=True)
+        bad.disconnect()
+
+
+def _mqtt(run: gen.Run, *steps: Callable[[gen.Run], None]) -> None:
+    with gen.mosquitto_broker(), run.capture():
+        for step in steps:
+            step(run)
+
+
+MQTT_ATTACKS = {
+    "subscribe-all": _mq_subscribe_all,
+    "anonymous": _mq_anonymous,
+    "brute-force": _mq_brute_force,
+    "command-publish": _mq_command_publish,
+    "new-client": _mq_new_client,
+    "oversized": _mq_oversized,
+    "malformed": _mq_malformed,
+    "retained-flood": _mq_retained_flood,
+}
+for _name, _step in MQTT_ATTACKS.items():
+    attack(f"mqtt-{_name}", f"mqtt/{_name}.pcap", MQTT_BPF)(lambda run, s=_step: _mqtt(run, s))
+
+
+@attack("mqtt-normal", "mqtt/normal.pcap", MQTT_BPF)
+def mqtt_normal(run: gen.Run) -> None:
+    """Quiet capture: historian, controller and a pump sensor, all known and authenticated."""
+    _mqtt(run, lambda r: _mqtt_normal_peers(r, 5))
+
+
+@attack("mqtt-mixed", "mqtt/mixed.pcap", MQTT_BPF)
+def mqtt_mixed(run: gen.Run) -> None:
+    """Normal telemetry, then every MQTT attack, then normal telemetry again."""
+    steps = [lambda r: _mqtt_normal_peers(r, 3), *MQTT_ATTACKS.values(), lambda r: _mqtt_normal_peers(r, 3)]
+    _mqtt(run, *steps)
 
 
 def main(argv: list[str] | None = None) -> int:

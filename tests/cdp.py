@@ -173,7 +173,10 @@ class Browser:
                 return msg
 
     def open(self, path: Path, fragment: str = "") -> None:
+        """Load a file (requests and console messages are recorded from here on)."""
         self.events.clear()
+        self.requests.clear()
+        self.console.clear()
         self.call("Page.navigate", url=path.resolve().as_uri() + fragment)
         self.wait_event("Page.loadEventFired")
 

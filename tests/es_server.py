@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
@@ -262,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
                         f"Content-Type and Accept headers if either one has requested a compatible version. "
                         f"Accept version must be either version {st.major} or {st.major - 1}, but found {n}."))  # fmt: skip
                 compat = n
-        parts = [p for p in path.split("/") if p]
+        parts = [unquote(p) for p in path.split("/") if p]
         send = lambda status, obj: self._send(status, obj, compat)  # noqa: E731
         if not parts:
             return send(200, {

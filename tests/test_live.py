@@ -131,6 +131,8 @@ def test_live_plant_end_to_end(plant: Plant, tmp_path: Path) -> None:
         plant.start("broker", plant.addr["broker"])
         hmi = plant.start("hmi", plant.addr["plc"], plant.addr["broker"])
         assert hmi.wait(60) == 0, hmi.stderr.read() if hmi.stderr else ""
+        sensor.send_signal(signal.SIGHUP)  # reload rules mid-capture: nothing may be lost
+        time.sleep(0.5)
         attacker = plant.start("attacker", plant.addr["plc"])
         assert attacker.wait(30) == 0, attacker.stderr.read() if attacker.stderr else ""
         time.sleep(1.5)
@@ -138,6 +140,7 @@ def test_live_plant_end_to_end(plant: Plant, tmp_path: Path) -> None:
         sensor.send_signal(signal.SIGTERM)
         _out, err = sensor.communicate(timeout=30)
     assert sensor.returncode == 0, err
+    assert "rules reloaded" in err
     # Receive-only: the sensor sent nothing on the monitored interface.
     assert _tx_packets(plant.bridge) == tx_before
 

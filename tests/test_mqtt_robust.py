@@ -147,7 +147,7 @@ def test_200k_publish_split_over_many_segments() -> None:
     pub = [f for f in r.messages if f["msgtype"] == 3]
     assert len(pub) == 1 and pub[0]["topic"] == "historian/bulk" and pub[0]["payload_length"] == 200_000
     assert pub[0]["len"] == len(big) - 4  # 1 header byte + 3 length bytes
-    puback = [f for f in r.messages if f["msgtype"] == 4][0]
+    puback = next(f for f in r.messages if f["msgtype"] == 4)
     assert puback["matched"] is True
     assert not r.anomalies
 
@@ -155,7 +155,7 @@ def test_200k_publish_split_over_many_segments() -> None:
 def test_packet_over_the_limit_is_skipped_but_its_publish_header_kept() -> None:
     big = publish("cam/1/jpeg", bytes(50_000), qos=1, msgid=3)
     r = Run([(True, connect()), (False, connack()), *chop(big, 1448), (True, pkt(0xC0, b""))], max_packet_size=4096)
-    pub = [f for f in r.messages if f["msgtype"] == 3][0]
+    pub = next(f for f in r.messages if f["msgtype"] == 3)
     assert pub["topic"] == "cam/1/jpeg" and pub["msgid"] == 3 and pub["payload_length"] == 50_000 - 0
     assert r.anomalies == ["mqtt.packet_too_large"]
     assert r.types()[-1] == 12  # the stream is still in step after the skipped bytes
@@ -340,6 +340,6 @@ def test_truncated_captures(tmp_path: Path) -> None:
         for cut in (len(data) // 3, len(data) // 2, len(data) - 7):
             p = tmp_path / f"cut{cut}.pcap"
             p.write_bytes(data[:cut])
-            col, stats, report, _ = replay([p])
+            _col, stats, _report, _ = replay([p])
             assert stats["tcp"]["decoder_exceptions"] == 0
             assert set(stats["decode_errors_by_name"]) <= set(REGISTRY.anomalies) | {"mqtt.truncated_stream"}

@@ -67,7 +67,7 @@ def test_tls_handshake_metadata_matches_tshark(tmp_path: Path) -> None:
     assert all(m.protocol == "mqtt" for m in col.messages)
     rows = tshark_fields(cap, ["tls.handshake.type", "tls.handshake.extensions_server_name",
                                "tls.handshake.extensions_alpn_str", "tls.handshake.ciphersuite",
-                               "tls.handshake.extensions.supported_version"], "tls.handshake.type in {1 2}",
+                               "tls.handshake.extensions.supported_version"], "tls.handshake.type == 1 || tls.handshake.type == 2",
                          ["-d", "tcp.port==8883,tls"])  # fmt: skip
     by_type = {r[0].split(",")[0]: r for r in rows}
     ch, sh = by_type["1"], by_type["2"]
@@ -85,7 +85,7 @@ def test_plain_mqtt_on_the_tls_port_is_decoded(tmp_path: Path) -> None:
     connect = bytes.fromhex("101000044d5154540402003c000470756d70")  # CONNECT 3.1.1, client id "pump"
     cap = tmp_path / "plain.pcap"
     _capture(cap, connect, bytes.fromhex("20020000"))
-    col, stats, _, _ = replay([cap])
+    col, _stats, _, _ = replay([cap])
     assert [m.fields.get("msgtype") for m in col.messages] == [1, 2]
     assert col.messages[0].fields["clientid"] == "pump"
 

@@ -17,9 +17,7 @@ from tests.conftest import PROJECT_PCAPS, SHARED_PCAPS
 from tests.replay_helpers import replay
 from tests.tshark_json import layers
 
-SHARED_MQTT = ["zeek/mqtt.pcap"] + sorted(
-    str(p.relative_to(SHARED_PCAPS)) for p in SHARED_PCAPS.glob("suricata-verify/mqtt*/*.pcap")
-)
+SHARED_MQTT = ["zeek/mqtt.pcap", *sorted(str(p.relative_to(SHARED_PCAPS)) for p in SHARED_PCAPS.glob("suricata-verify/mqtt*/*.pcap"))]
 OWN = sorted(p.name for p in PROJECT_PCAPS.glob("mqtt*.pcap")) if PROJECT_PCAPS.exists() else []
 # Differences with tshark that are understood, each with its reason; any other difference fails.
 # An explained frame set must still hold the same messages in all, only attributed to other frames.
@@ -133,7 +131,7 @@ def test_shared_capture_matches_tshark(shared_pcaps: Path, rel: str) -> None:
 @pytest.mark.parametrize("name", OWN)
 def test_project_capture_matches_tshark(name: str) -> None:
     path = PROJECT_PCAPS / name
-    ours, stats = ours_by_frame(path)
+    ours, _stats = ours_by_frame(path)
     theirs = theirs_by_frame(path)
     agree, diffs = compare(ours, theirs)
     assert theirs
