@@ -207,6 +207,24 @@ def _mb_flood(run: gen.Run, n: int = 230) -> None:
     bad.close()
 
 
+def _mb_inconsistent(run: gen.Run) -> None:
+    """Hand-built requests the server must refuse: quantity 0 and 300, and a byte count that lies."""
+    frames = [
+        _mbap(0x7001, 1, bytes([3, 0, 0, 0, 0])),  # FC3 quantity 0
+        _mbap(0x7002, 1, bytes([3, 0, 0, 0x01, 0x2C])),  # FC3 quantity 300 > 125
+        _mbap(0x7003, 1, bytes([16, 0, 0, 0, 2, 8, 0, 1, 0, 2])),  # FC16 byte count 8 but 4 data bytes
+    ]
+    with run.op("attacker raw: three requests that break their layouts"):
+        _raw_session(ATTACKER, frames, pause=0.05)
+
+
+def _mb_duplicate_tid(run: gen.Run) -> None:
+    """Hand-built: three pipelined requests with one transaction id, as a careless or spoofing tool sends."""
+    frames = [_mbap(0x0BAD, 1, bytes([3, 0, i, 0, 1])) for i in range(3)]
+    with run.op("attacker raw: 3 pipelined FC3 requests reusing transaction id 0x0BAD"):
+        _raw_session(ATTACKER, [b"".join(frames)])
+
+
 def _modbus(run: gen.Run, *steps: Callable[[gen.Run], None]) -> None:
     with gen.modbus_servers((502,)), run.capture():
         for step in steps:
@@ -225,6 +243,8 @@ MODBUS_ATTACKS = {
     "malformed-mbap": _mb_malformed,
     "not-modbus": _mb_not_modbus,
     "flood": _mb_flood,
+    "inconsistent-pdu": _mb_inconsistent,
+    "duplicate-tid": _mb_duplicate_tid,
 }
 for _name, _step in MODBUS_ATTACKS.items():
     attack(f"modbus-{_name}", f"modbus/{_name}.pcap", MB_BPF)(lambda run, s=_step: _modbus(run, s))
@@ -394,6 +414,24 @@ def _mq_retained_flood(run: gen.Run) -> None:
         bad.disconnect()
 
 
+def _mq_raw(data: bytes, source: str = ATTACKER) -> None:
+    with socket.create_connection((gen.LOOPBACK, gen.MQTT_PORT), timeout=2, source_address=(source, 0)) as s:
+        s.settimeout(0.3)
+        s.sendall(data)
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            s.recv(64)
+
+
+def _mq_unintroduced(run: gen.Run) -> None:
+    with run.op("attacker raw: SUBSCRIBE # before any CONNECT"):
+        _mq_raw(bytes([0x82, 6, 0, 1, 0, 1]) + b"#" + bytes([0]))
+
+
+def _mq_not_mqtt(run: gen.Run) -> None:
+    with run.op("attacker2 raw: HTTP request to TCP 1883"):
+        _mq_raw(b"GET / HTTP/1.1\r\nHost: broker\r\nUser-Agent: scanner\r\n\r\n", ATTACKER2)
+
+
 def _mqtt(run: gen.Run, *steps: Callable[[gen.Run], None]) -> None:
     with gen.mosquitto_broker(), run.capture():
         for step in steps:
@@ -409,6 +447,8 @@ MQTT_ATTACKS = {
     "oversized": _mq_oversized,
     "malformed": _mq_malformed,
     "retained-flood": _mq_retained_flood,
+    "unintroduced": _mq_unintroduced,
+    "not-mqtt": _mq_not_mqtt,
 }
 for _name, _step in MQTT_ATTACKS.items():
     attack(f"mqtt-{_name}", f"mqtt/{_name}.pcap", MQTT_BPF)(lambda run, s=_step: _mqtt(run, s))

@@ -177,6 +177,9 @@ class Browser:
         self.events.clear()
         self.requests.clear()
         self.console.clear()
+        self.call("Page.navigate", url="about:blank")  # a fresh document even when only the fragment changes
+        self.wait_event("Page.loadEventFired")
+        self.requests.clear()
         self.call("Page.navigate", url=path.resolve().as_uri() + fragment)
         self.wait_event("Page.loadEventFired")
 

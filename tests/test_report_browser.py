@@ -169,7 +169,8 @@ def test_malicious_wire_strings_stay_text(browser: Browser, tmp_path: Path) -> N
     browser.open(page)
     assert browser.evaluate("typeof window.__xss") == "undefined"
     assert browser.evaluate("document.scripts.length") == 2
-    assert browser.evaluate("document.querySelectorAll('img, iframe, object, embed, b').length") == 0
+    assert browser.evaluate("document.querySelectorAll('img, iframe, object, embed, svg[onload]').length") == 0
+    assert browser.evaluate("[...document.querySelectorAll('b')].filter(b => b.textContent === 'rule').length") == 0
     topics = browser.evaluate("[...document.querySelectorAll('#mqtt-topics td.topic')].map(td => td.textContent)")
     assert topics == [XSS["topic"]]
     assert XSS["vendor"] in browser.evaluate("document.getElementById('asset-table').textContent")

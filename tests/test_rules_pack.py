@@ -28,6 +28,7 @@ lists:
   s7plus_clients: [127.0.0.40]
   mqtt_command_publishers: [line1-controller]
   mqtt_known_clients: [historian-01, line1-controller, pump1-sensor, boiler-sensor]
+  mqtt_auth_brokers: [127.0.0.1]
 rules:
   aggregate_seconds: 60
 """
@@ -105,16 +106,32 @@ MODBUS_EXPECTED = {
     "ICS-MODBUS-0009": (ATTACKER, SERVER, "T0866"),
     "ICS-MODBUS-0010": (ATTACKER2, SERVER, "T0885"),
     "ICS-MODBUS-0011": (ATTACKER2, SERVER, "T0814"),
+    "ICS-ANOM-0001": (ATTACKER, SERVER, "T0866"),
+    "ICS-ANOM-0002": (ATTACKER, SERVER, "T1692.001"),
+}
+MQTT_EXPECTED = {
+    "ICS-MQTT-0001": (ATTACKER, SERVER, "T0801"),
+    "ICS-MQTT-0002": (ATTACKER, SERVER, "T0886"),
+    "ICS-MQTT-0003": (SERVER, ATTACKER2, "T0859"),  # the broker refuses the guessing client
+    "ICS-MQTT-0004": (ATTACKER, SERVER, "T1692.001"),
+    "ICS-MQTT-0005": (ATTACKER, SERVER, "T0848"),
+    "ICS-MQTT-0006": ("127.0.0.50", SERVER, "T0814"),  # a known sensor sending 10 kB
+    "ICS-MQTT-0007": (ATTACKER, SERVER, "T0866"),
+    "ICS-MQTT-0008": (ATTACKER, SERVER, "T0814"),
+    "ICS-ANOM-0003": (ATTACKER, SERVER, "T0866"),
+    "ICS-ANOM-0004": (ATTACKER2, SERVER, "T0885"),
 }
 
 
-def _check_mixed(docs: list[dict[str, Any]], expected: dict[str, tuple[str, str, str]], capture: Path) -> None:
+def _check_mixed(docs: list[dict[str, Any]], expected: dict[str, tuple[str, str, str]], capture: Path,
+                 allowed: frozenset[str] = frozenset()) -> None:  # fmt: skip
     by_rule: dict[str, list[dict[str, Any]]] = {}
     for d in docs:
         by_rule.setdefault(d["rule"]["id"], []).append(d)
         assert d["event"]["kind"] == "alert" and "intrusion_detection" in d["event"]["category"]
         assert d["log"]["file"]["path"].endswith(capture.name) and d["ics"]["frame"] >= 1
-        assert not ({d["source"]["ip"], d["destination"]["ip"]} & NORMAL_HOSTS), f"normal host in {d['rule']['id']}"
+        normal = {d["source"]["ip"], d["destination"]["ip"]} & (NORMAL_HOSTS - allowed)
+        assert not normal, f"normal host {normal} in {d['rule']['id']}"
     assert set(by_rule) == set(expected), f"missing {set(expected) - set(by_rule)}, extra {set(by_rule) - set(expected)}"
     for rid, (src, dst, technique) in expected.items():
         for d in by_rule[rid]:
@@ -131,6 +148,15 @@ def test_mixed_modbus_capture(tmp_path: Path) -> None:
     flood = next(d for d in docs if d["rule"]["id"] == "ICS-MODBUS-0011")
     assert flood["ics"]["alert"]["count"] >= 200  # aggregated: one document, not 230
     assert flood["event"]["start"] <= flood["event"]["end"]
+
+
+def test_mixed_mqtt_capture(tmp_path: Path) -> None:
+    capture = RULES / "tests" / "mqtt" / "mixed.pcap"
+    docs = _replay(tmp_path, [capture])
+    _check_mixed(docs, MQTT_EXPECTED, capture, allowed=frozenset({"127.0.0.50"}))
+    (oversized,) = [d for d in docs if d["rule"]["id"] == "ICS-MQTT-0006"]
+    assert oversized["ics"]["mqtt"]["payload_length"] == 10_000
+    assert all(d["rule"]["id"] == "ICS-MQTT-0006" for d in docs if "127.0.0.50" in d["related"]["ip"])
 
 
 def test_normal_traffic_raises_nothing(tmp_path: Path) -> None:

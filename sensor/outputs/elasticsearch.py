@@ -169,15 +169,19 @@ def explain(e: BaseException, s: EsSettings) -> str:
     """One line for an operator: what failed and what to change. Never includes credentials."""
     hosts = ", ".join(s.hosts)
     text = str(e)
+    detail = " ".join([text, str(getattr(e, "message", "")), *(repr(x) for x in getattr(e, "errors", ()) or ())])
+    if e.__cause__ is not None:
+        detail += " " + repr(e.__cause__)
     if isinstance(e, ApiError):
         if e.status_code == 401:
             return f"{hosts}: authentication failed (401): check the API key or username/password"
         if e.status_code == 403:
             return f"{hosts}: permission denied (403): {e.message}"
         return f"{hosts}: HTTP {e.status_code}: {e.message}"
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+    if "CERTIFICATE_VERIFY_FAILED" in detail or "certificate verify failed" in detail:
+        why = re.search(r"certificate verify failed: ([^(')\]]+)", detail)
         return (
-            f"{hosts}: TLS certificate verification failed ({text.split('(')[0].strip() or 'untrusted certificate'}); "
+            f"{hosts}: TLS certificate verification failed ({why.group(1).strip() if why else 'untrusted certificate'}); "
             "give the cluster's CA certificate in outputs.elasticsearch.ca_file (verification is on by default)"
         )
     if isinstance(e, TransportError):

@@ -82,6 +82,7 @@ class MqttState:
         "clientid",
         "connack_seen",
         "connect_seen",
+        "ctx",
         "dropped",
         "flow",
         "gapped",
@@ -128,6 +129,7 @@ class MqttState:
         self.unmatched = 0
         self.resync_bytes = 0
         self.oversize = 0
+        self.ctx: dict[str, Any] | None = None  # fields carried onto every message
 
 
 class MqttDecoder:
@@ -358,27 +360,43 @@ class MqttDecoder:
                 problems.append(("mqtt.unintroduced_message", f"{MSGTYPE_NAMES[t]} before CONNECT"))
             elif not from_client and not st.connack_seen:
                 problems.append(("mqtt.unintroduced_message", f"{MSGTYPE_NAMES[t]} from the server before CONNACK"))
-        # context carried onto every message of the connection
-        if t != CONNECT:
-            if st.clientid is not None:
-                f["clientid"] = st.clientid
-            if st.username is not None:
-                f["username"] = st.username
-        if st.version is not None:
-            f["protocol_version"] = st.version
-            f["protocol_version_name"] = VERSION_NAMES[st.version]
-            if st.inferred:
-                f["protocol_version_inferred"] = True
-        elif "protocol_version" not in f:
-            f["protocol_version_name"] = "unknown"
+        # context carried onto every message of the connection (rebuilt only when the session facts change)
+        if t in (CONNECT, CONNACK) or st.ctx is None:
+            st.ctx = self._context(st)
+            if t == CONNECT:
+                ctx = {k: v for k, v in st.ctx.items() if k not in ("clientid", "username")}
+                f.update(ctx)
+            else:
+                f.update(st.ctx)
+        else:
+            f.update(st.ctx)
         if t == PUBLISH:
             self._topic(st, from_client, f, problems)
-        self._pair(st, from_client, t, f, msg, ts, problems)
+            if fl & 6:
+                self._pair(st, from_client, t, f, msg, ts, problems)
+        else:
+            self._pair(st, from_client, t, f, msg, ts, problems)
         if problems:
             for name, reason in problems:
                 out.append(self._anomaly(st, from_client, ts, packet, name, reason, hdr, f))
         else:
             st.good += 1
+
+    @staticmethod
+    def _context(st: MqttState) -> dict[str, Any]:
+        ctx: dict[str, Any] = {}
+        if st.clientid is not None:
+            ctx["clientid"] = st.clientid
+        if st.username is not None:
+            ctx["username"] = st.username
+        if st.version is not None:
+            ctx["protocol_version"] = st.version
+            ctx["protocol_version_name"] = VERSION_NAMES[st.version]
+            if st.inferred:
+                ctx["protocol_version_inferred"] = True
+        else:
+            ctx["protocol_version_name"] = "unknown"
+        return ctx
 
     def _infer(self, st: MqttState, t: int, rl: int) -> int | None:
         """CONNECT not seen: only a 5.0 packet has a CONNACK longer than 2, an ack with a reason code, a
@@ -393,6 +411,7 @@ class MqttDecoder:
         if v is not None:
             st.version = v
             st.inferred = True
+            st.ctx = None
         return v
 
     def _topic(self, st: MqttState, from_client: bool, f: dict[str, Any], problems: list[tuple[str, str]]) -> None:
