@@ -41,8 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "pcaps"))
 
 import generate as gen  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-from pymodbus.client import ModbusTcpClient  # noqa: E402
 
 LOG = logging.getLogger("bench.scenarios")
 SCALE = 500  # capture seconds per wall second
@@ -366,7 +364,7 @@ def run_capture(
             LOG.warning("%s: %d peer errors, first: %s", out.name, len(plant.errors), plant.errors[0])
     rewrite(raw, out, t0, base_ns)
     raw.unlink()
-    meta = {"scale": SCALE, "seed": seed, "attack": attack, "labels": [l.__dict__ for l in labels]}
+    meta = {"scale": SCALE, "seed": seed, "attack": attack, "labels": [lab.__dict__ for lab in labels]}
     out.with_suffix(".labels.json").write_text(json.dumps(meta, indent=1))
     return labels
 

@@ -467,6 +467,98 @@ def mqtt_mixed(run: gen.Run) -> None:
     _mqtt(run, *steps)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# S7comm: python-snap7 server on :102, HMI 127.0.0.30, engineering station 127.0.0.40, attacker 127.0.0.66
+# ---------------------------------------------------------------------------------------------------------
+
+S7_BPF = "tcp port 102"
+
+
+def _s7_attacker(rack: int = 0, slot: int = 1, connection_type: int | None = None) -> gen.snap7.Client:
+    client = gen.snap7.Client()
+    if connection_type is not None:
+        client.set_connection_type(connection_type)
+    with gen.s7_source_address(ATTACKER):
+        client.connect(gen.LOOPBACK, rack, slot)
+    return client
+
+
+def _s7_normal(run: gen.Run, cycles: int = 3) -> None:
+    with run.op("hmi connect"):
+        hmi = gen._s7_client(gen.S7_HMI)
+    for cycle in range(cycles):
+        with run.op(f"hmi poll {cycle}: DB1, inputs, outputs, merkers"):
+            hmi.db_read(1, 0, 16)
+            hmi.read_area(gen.Area.PE, 0, 0, 4)
+            hmi.read_area(gen.Area.PA, 0, 0, 4)
+            hmi.read_area(gen.Area.MK, 0, 0, 8)
+        time.sleep(0.1)
+    with run.op("hmi disconnect"):
+        hmi.disconnect()
+    with run.op("ews connect, identify the CPU, write a setpoint"):
+        ews = gen._s7_client(gen.S7_EWS)
+        ews.read_szl(0x0011, 0)
+        ews.get_cpu_state()
+        ews.db_write(1, 8, bytearray(b"\x00\x00\x04\xd2"))
+        ews.disconnect()
+
+
+def _s7_ops(name: str, *calls: Callable[[gen.snap7.Client], object], **connect: int) -> Callable[[gen.Run], None]:
+    def step(run: gen.Run) -> None:
+        with run.op(f"attacker connect ({name})"):
+            bad = _s7_attacker(**connect)
+        for i, call in enumerate(calls):
+            with run.op(f"attacker {name} #{i}"):
+                call(bad)
+        with run.op("attacker disconnect"):
+            bad.disconnect()
+
+    return step
+
+
+S7_ATTACKS: dict[str, Callable[[gen.Run], None]] = {
+    "stop": _s7_ops("plc stop", lambda c: c.plc_stop()),
+    "restart": _s7_ops("hot and cold restart", lambda c: c.plc_hot_start(), lambda c: c.plc_cold_start()),
+    "download-delete": _s7_ops(
+        "download DB3, delete DB3", lambda c: c.download(bytearray(range(32)), 3), lambda c: c.delete(gen.Block.DB, 3)
+    ),
+    "upload": _s7_ops("upload DB1", lambda c: c.upload(1)),
+    "szl": _s7_ops("read SZL: module id, component id", lambda c: c.read_szl(0x0011, 0), lambda c: c.get_cpu_info()),
+    "write": _s7_ops(
+        "write DB1 and merkers",
+        lambda c: c.db_write(1, 8, bytearray(b"\xff\xff")),
+        lambda c: c.write_area(gen.Area.MK, 0, 10, bytearray([0x55])),
+    ),
+    "clock": _s7_ops("set the PLC clock", lambda c: c.set_plc_datetime(gen.datetime(2030, 1, 1))),
+    "password": _s7_ops("set and clear the session password",
+                        lambda c: c.set_session_password("guess123"), lambda c: c.clear_session_password()),
+    "unusual-tsap": _s7_ops("connect as S7 basic (TSAP 03xx), read DB1", lambda c: c.db_read(1, 0, 4),
+                            connection_type=3),
+}
+
+
+def _s7(run: gen.Run, *steps: Callable[[gen.Run], None]) -> None:
+    with gen.s7_server(), run.capture():
+        for step in steps:
+            step(run)
+
+
+for _name, _step in S7_ATTACKS.items():
+    attack(f"s7comm-{_name}", f"s7comm/{_name}.pcap", S7_BPF)(lambda run, s=_step: _s7(run, s))
+
+
+@attack("s7comm-normal", "s7comm/normal.pcap", S7_BPF)
+def s7comm_normal(run: gen.Run) -> None:
+    """Quiet capture: HMI polling, the engineering station identifying the CPU and writing a setpoint."""
+    _s7(run, _s7_normal)
+
+
+@attack("s7comm-mixed", "s7comm/mixed.pcap", S7_BPF)
+def s7comm_mixed(run: gen.Run) -> None:
+    """Normal traffic, every S7 attack, normal traffic again."""
+    _s7(run, lambda r: _s7_normal(r, 2), *S7_ATTACKS.values(), lambda r: _s7_normal(r, 2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("names", nargs="*", default=["all"], help=f"scenarios: all or {', '.join(ATTACKS)}")

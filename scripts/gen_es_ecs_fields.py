@@ -44,7 +44,7 @@ def sample_documents() -> list[dict[str, Any]]:
     an_noflow = Anomaly(1, "modbus", None, True, "modbus.invalid_length", "why", pkt)
     alert = Alert(
         1, "R-1", "name", "desc", "high", ("T0836",), "19", "rules", msg, references=("https://x",), explanation="e",
-        score=0.5, extra={"k": 1},
+        score=0.5, extra={"k": 1, "threat": {"technique": {"name": ["n"]}, "tactic": {"name": ["t"]}}},
     )  # fmt: skip
     alert2 = Alert(1, "R-2", "name", "desc", "low", (), "19", "rules", an_noflow)
     return [
@@ -67,7 +67,7 @@ def leaf_paths(doc: Any, prefix: str = "") -> set[str]:
 
 
 def render(ecs_flat: Path = ECS_FLAT) -> str:
-    ecs = yaml.safe_load(ecs_flat.read_text(encoding="utf-8"))
+    ecs = yaml.load(ecs_flat.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     paths = set(SINK_FIELDS)
     for doc in sample_documents():
         paths |= {p for p in leaf_paths(doc) if not p.startswith("ics.")}

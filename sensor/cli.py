@@ -11,11 +11,14 @@ import click
 
 from sensor import __version__
 from sensor.cli_es import attach_es, es_group, es_summary
+from sensor.cli_model import evaluate as evaluate_command
+from sensor.cli_model import model_detectors, save_learned
+from sensor.cli_model import train as train_command
 from sensor.cli_report import report as report_command
 from sensor.cli_rules import rule_detectors, rules_group
 from sensor.config import Config, ConfigError, load_config
-from sensor.outputs.ndjson import NdjsonSink
 from sensor.outputs.ecs import Observer
+from sensor.outputs.ndjson import NdjsonSink
 from sensor.pipeline import Outputs, Pipeline
 from sensor.source import CaptureError, SourceReport, expand_paths, read_captures
 
@@ -96,10 +99,14 @@ def main() -> None:
 @click.option("--rules", "rules_paths", metavar="PATH", multiple=True, help="Rule file or directory (repeatable), added to the shipped pack.")
 @click.option("--no-builtin-rules", is_flag=True, help="Do not load the shipped rule pack (rules/).")
 @click.option("--es", "es_urls", metavar="URL", multiple=True, help="Also send to Elasticsearch at URL (repeatable; see `es setup`).")
+@click.option("--workers", type=click.IntRange(min=0), default=1, is_flag=False, flag_value=0, metavar="N", help="Worker processes, flows sharded by hash; the same output as one process. 0 or no N: one per CPU.")
+@click.option("--model", "model_path", metavar="PATH", help="Score traffic against a model from `ics-sensor train` (baseline + anomaly model).")
+@click.option("--model-learn", "model_learn", metavar="PATH", help="With --model: keep learning slowly (guarded) and save the updated model to PATH.")
 def replay(
     captures: tuple[str, ...], events_path: str | None, alerts_path: str | None, stats_path: str | None,
     config_path: str | None, quiet: bool, report_path: str | None = None, rules_paths: tuple[str, ...] = (),
-    no_builtin_rules: bool = False, es_urls: tuple[str, ...] = (),
+    no_builtin_rules: bool = False, es_urls: tuple[str, ...] = (), workers: int = 1,
+    model_path: str | None = None, model_learn: str | None = None,
 ) -> None:  # fmt: skip
     """Replay pcap/pcapng captures (files, gzip'd files or directories) through the sensor."""
     try:
@@ -126,6 +133,27 @@ def replay(
     detectors = rule_detectors(config, rules_paths, no_builtin_rules)
     if report_path:
         html_report.rule_pack = rule_pack_summary(detectors)
+    detectors = [*detectors, *model_detectors(config, model_path, model_learn)]  # issue 6: learned baseline + model
+    if workers != 1:  # issue 10: sharded over processes (sensor/parallel.py), documents identical to one process
+        from sensor.parallel import ParallelError, replay_parallel
+
+        try:
+            stats = replay_parallel(
+                config, files, outputs, detectors, observer_from(config), workers or os.cpu_count() or 1, report,
+                progress=lambda: _progress(files),
+            )  # fmt: skip
+        except (CaptureError, ParallelError) as e:
+            fail(str(e))
+        except OSError as e:
+            fail(f"{e.filename or ''}: {e.strerror or e}")
+        stats["source_problems"] = list(report.problems)
+        save_learned(detectors, model_learn)
+        if not quiet:
+            for line in summary_lines(stats, report):
+                click.echo(line, err=True)
+            if es_sink is not None:
+                click.echo(es_summary(es_sink), err=True)
+        return
     pipe = Pipeline(config, outputs, detectors=detectors, observer=observer_from(config))
     update, prog = _progress(files)
     try:
@@ -140,6 +168,7 @@ def replay(
             prog.stop()
     stats = pipe.close()
     stats["source_problems"] = list(report.problems)
+    save_learned(detectors, model_learn)
     if not quiet:
         for line in summary_lines(stats, report):
             click.echo(line, err=True)
@@ -148,6 +177,7 @@ def replay(
 
 
 main.add_command(report_command)
+main.add_command(train_command), main.add_command(evaluate_command)  # issue 6
 
 from sensor.cli_live import config_group, live  # noqa: E402 - commands attach after main exists
 

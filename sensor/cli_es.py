@@ -77,7 +77,7 @@ def _fail(reason: str) -> None:
 
 
 def _connect(config_path: str | None, urls: tuple[str, ...], namespace: str | None) -> tuple[Any, dict[str, Any], EsSettings]:
-    from elasticsearch import TransportError
+    from elasticsearch import ApiError, TransportError
 
     from sensor.outputs.elasticsearch import EsError, connect, explain
 
@@ -88,8 +88,8 @@ def _connect(config_path: str | None, urls: tuple[str, ...], namespace: str | No
         client, info = connect(s)
     except ConfigError as e:
         _fail(str(e))
-    except (TransportError, EsError) as e:
-        _fail(explain(e, s) if isinstance(e, TransportError) else str(e))
+    except (ApiError, TransportError, EsError) as e:
+        _fail(str(e) if isinstance(e, EsError) else explain(e, s))
     return client, info, s
 
 

@@ -74,9 +74,11 @@ class Pipeline:
         )
         self.outputs = outputs or Outputs()
         self.detectors = list(detectors)
-        self.mapper = EcsMapper(
-            observer or Observer(name=config.sensor_name), {n: d.registry for n, d in self.decoders.items()}
-        )
+        registries = {n: d.registry for n, d in self.decoders.items()}
+        for d in self.decoders.values():  # a decoder that emits a second protocol (s7comm -> s7comm_plus)
+            for reg in getattr(d, "extra_registries", ()):
+                registries.setdefault(reg.protocol, reg)
+        self.mapper = EcsMapper(observer or Observer(name=config.sensor_name), registries)
         self.counters = Counters()
         self.on_alert = on_alert
         self._events: list[dict[str, Any]] = []

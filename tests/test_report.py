@@ -6,6 +6,7 @@ import html.parser
 import json
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -28,6 +29,7 @@ from tests.report_helpers import RULES, FlagWrites, replay_report
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "pcaps" / "modbus_demo.pcap"
 MQTT_DEMO = ROOT / "pcaps" / "mqtt_demo.pcap"
+S7_DEMO = ROOT / "pcaps" / "s7comm_demo.pcap"
 MIXED_RULES = ROOT / "rules" / "tests" / "modbus" / "mixed.pcap"
 
 XSS = {
@@ -41,7 +43,7 @@ XSS = {
 
 # -- external references ----------------------------------------------------------------------------------------
 class _Refs(html.parser.HTMLParser):
-    URL_ATTRS = {"src", "href", "action", "formaction", "data", "poster", "srcset", "xlink:href", "background", "manifest", "ping"}
+    URL_ATTRS: ClassVar[set[str]] = {"src", "href", "action", "formaction", "data", "poster", "srcset", "xlink:href", "background", "manifest", "ping"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,7 +76,7 @@ def external_references(page: str) -> list[str]:
 # -- fixtures ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def big(shared_pcaps: Path) -> tuple[ReportSink, dict, str]:
-    sink, stats = replay_report([DEMO, shared_pcaps / "zeek" / "modbusBig.pcap", MQTT_DEMO])
+    sink, stats = replay_report([DEMO, shared_pcaps / "zeek" / "modbusBig.pcap", MQTT_DEMO, S7_DEMO])
     return sink, stats, sink.render(stats)
 
 
@@ -126,7 +128,10 @@ def test_inventory_roles_and_device_facts(big: tuple[ReportSink, dict, str]) -> 
     assert "Modbus server" in r.hosts["10.235.149.243"].roles
     assert "Modbus client" in r.hosts["10.235.149.240"].roles
     assert r.hosts["10.235.149.240"].writes > 1000
-    assert {"MQTT broker", "Modbus server"} <= r.hosts["127.0.0.1"].roles
+    assert {"MQTT broker", "Modbus server", "S7 PLC"} <= r.hosts["127.0.0.1"].roles
+    assert r.hosts["127.0.0.40"].controls > 0  # the S7 engineering station of s7comm_demo.pcap (PLC stop, download)
+    assert '<span class="fk">szl.order_number</span>' in page  # S7 SZL 0x0011 module identification
+    assert 'id="chart-s7-functions"' in page and 'id="s7-objects"' in page
     assert '<span class="fk">vendor_name</span> Demo Automation' in page  # FC 43/14 objects of modbus_demo.pcap
     assert 'id="modbus-writes"' in page and 'id="mqtt-topics"' in page and 'id="mqtt-clients"' in page
     assert "historian-01" in page  # MQTT client id from mqtt_demo.pcap
@@ -167,7 +172,8 @@ def test_wire_strings_are_escaped() -> None:
     assert external_references(page) == []
     blob = re.search(r'<script type="application/json" id="alert-data">(.*?)</script>', page, re.S)
     assert blob and "<" not in blob.group(1) and "\u2028" not in blob.group(1)
-    fields = dict(json.loads(blob.group(1))[0])
+    data = json.loads(blob.group(1))
+    fields = dict(data["rows"][0] + data["rules"]["X-1"])
     assert fields["rule.name"] == XSS["rule"] and XSS["topic"] in fields["message"]  # intact after unescaping
 
 

@@ -19,10 +19,10 @@ from click.testing import CliRunner
 
 from sensor.attack import technique
 from sensor.cli import main
+from sensor.config import load_config
 from sensor.outputs.memory import MemorySink
 from sensor.outputs.report import ReportSink
 from sensor.pipeline import Outputs, Pipeline
-from sensor.config import load_config
 from sensor.source import SourceReport, read_captures
 from tests.cdp import Browser
 from tests.report_helpers import RULES, FlagWrites

@@ -110,6 +110,7 @@ def test_index_skips_rules_that_cannot_match(tmp_path: Path) -> None:
     e = engine(tmp_path, "ics.modbus.function_code: {in: [5, 6]}\nics.modbus.unit_id: 1")
     field, by_value, default = e._msg["modbus"]
     assert field == "function_code" and set(by_value) == {5, 6} and default == ()
+    assert [c.rule.id for c in by_value[5]] == ["TEST-RULE-0001"]
     assert fires(e, msg(function_code=5)) and not fires(e, msg(function_code=3))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from detectors.rules.attack import technique_names
-from detectors.rules.compiler import MISSING, Msg, Pred, compile_condition, getter
+from detectors.rules.compiler import MISSING, Msg, Pred, compile_condition, getter, source_ip
 from detectors.rules.loader import Problem, Rule, RuleLoadError
 from detectors.rules.schema import ANY_PROTOCOL, INDEX_FIELDS
 from sensor.messages import Alert, Message
@@ -56,15 +56,19 @@ def rule_status(rule: Rule, lists: Mapping[str, Any]) -> RuleStatus:
 
 class _Compiled:
     __slots__ = (
-        "by", "count", "distinct", "explain", "extra", "order", "pred", "rule", "seconds", "suppress", "window_ns",
-        "windows",
+        "by", "count", "distinct", "distinct_field", "explain", "extra", "hit", "order", "pred", "rule", "seconds", "suppress",
+        "window_ns", "windows",
     )  # fmt: skip
 
-    def __init__(self, order: int, rule: Rule, lists: Mapping[str, list[str]]) -> None:
+    def __init__(self, order: int, rule: Rule, lists: Mapping[str, list[str]], indexed: frozenset[str]) -> None:
         self.order = order
         self.rule = rule
         types = rule.field_types
-        self.pred: Pred = compile_condition(rule.match, types, lists)
+        # None when the index alone guarantees the match (a flood rule on "every request")
+        self.pred: Pred | None = (
+            compile_condition(rule.match, types, lists, indexed) if any(k not in indexed for k in rule.match) else None
+        )
+        self.hit: Callable[[Msg], Alert | None] = _no_hit
         self.suppress: Pred | None = None
         if rule.exceptions:
             excs = [compile_condition(m, types, lists) for _, m in rule.exceptions]
@@ -77,15 +81,22 @@ class _Compiled:
         self.count = thr.count if thr else 0
         self.seconds = thr.seconds if thr else 0.0
         self.window_ns = int(thr.seconds * NS) if thr else 0
-        self.windows: dict[tuple[Any, ...], Any] = {}
+        self.windows: dict[Any, Any] = {}
+        self.distinct_field = ""  # the short name when distinct is an ics.<protocol>.<name> field (read inline)
+        if thr and thr.distinct and thr.distinct.startswith("ics.") and thr.distinct.count(".") == 2:
+            self.distinct_field = thr.distinct.split(".")[2]
         self.explain = ""
         if thr:
             what = f"{thr.count} distinct {thr.distinct}" if thr.distinct else f"{thr.count} matching messages"
             self.explain = f"{what} within {thr.seconds:g} s"
 
 
+def _no_hit(m: Msg) -> Alert | None:
+    return None
+
+
 class _Agg:
-    __slots__ = ("count", "extra", "firing", "first_ts", "last_frame", "last_ts", "msg", "rule", "seq")
+    __slots__ = ("count", "extra", "firing", "first_ts", "last_frame", "last_ts", "msg", "rule", "seq", "tkey")
 
     def __init__(self, rule: _Compiled, msg: Msg, first_ts: int, last_ts: int, count: int, extra: dict[str, Any],
                  seq: int, firing: bool) -> None:  # fmt: skip
@@ -97,10 +108,8 @@ class _Agg:
         self.extra = extra
         self.seq = seq
         self.firing = firing
+        self.tkey: Any = None  # the threshold key while this alert collects the key's further matches
         self.last_frame = msg.packet.frame
-
-
-_Bucket = tuple[str | None, dict[Any, tuple[_Compiled, ...]], tuple[_Compiled, ...]]
 
 
 class RuleEngine:
@@ -119,11 +128,13 @@ class RuleEngine:
             if not st.active:
                 continue
             try:
-                compiled.append(_Compiled(len(compiled), st.rule, lists))
+                compiled.append(_Compiled(len(compiled), st.rule, lists, self._indexed(st.rule)))
             except ValueError as e:  # a list entry that is not an address for an ip field
                 problems.append(Problem(st.rule.file, st.rule.line, 1, f"rule {st.rule.id}: {e}"))
         if problems:
             raise RuleLoadError(problems)
+        for c in compiled:
+            c.hit = self._make_hit(c)
         self.rules = compiled
         self._msg, self._anom, self._anom_any = self._index(compiled)
         self._pending: dict[tuple[Any, ...], _Agg] = {}
@@ -131,6 +142,17 @@ class RuleEngine:
         self.evicted_keys = 0
 
     # -- index -------------------------------------------------------------------------------------------------
+    @classmethod
+    def _index_paths(cls, rule: Rule) -> list[tuple[str, str]]:
+        if rule.on_anomalies:
+            return [("name", "error.code")]
+        return [(f, f"ics.{rule.protocol}.{f}") for f in INDEX_FIELDS.get(rule.protocol, ())]
+
+    @classmethod
+    def _indexed(cls, rule: Rule) -> frozenset[str]:
+        """Top-level tests the index guarantees for this rule: it is only ever reached through their values."""
+        return frozenset(p for _, p in cls._index_paths(rule) if cls._pinned(rule, p) is not None)
+
     @staticmethod
     def _pinned(rule: Rule, path: str) -> list[Any] | None:
         """Values a rule's top-level condition pins ``path`` to (eq or in without lists), else None."""
@@ -145,20 +167,20 @@ class RuleEngine:
             return list(spec["in"])
         return None
 
-    def _index(self, compiled: list[_Compiled]) -> tuple[dict[str, _Bucket], dict[str, _Bucket], _Bucket]:
-        def bucket(rules: list[_Compiled], field: str | None, path: str | None) -> _Bucket:
-            default: list[_Compiled] = []
-            by_value: dict[Any, list[_Compiled]] = {}
-            for c in rules:
-                values = self._pinned(c.rule, path) if path else None
-                if values is None:
-                    default.append(c)
-                else:
-                    for v in values:
-                        by_value.setdefault(v, []).append(c)
-            merged = {v: tuple(sorted({*lst, *default}, key=lambda c: c.order)) for v, lst in by_value.items()}
-            return field, merged, tuple(default)
+    def _tree(self, rules: list[_Compiled], paths: list[tuple[str, str]]) -> Any:
+        """Nested [field, {value: subtree}, default subtree] levels; leaves are rule tuples in file order."""
+        if not paths:
+            return tuple(sorted(rules, key=lambda c: c.order))
+        (field, path), rest = paths[0], paths[1:]
+        pins = {id(c): self._pinned(c.rule, path) for c in rules}
+        values = {v for p in pins.values() if p is not None for v in p}
+        if not values:
+            return self._tree(rules, rest)
+        free = [c for c in rules if pins[id(c)] is None]
+        by_value = {v: self._tree([c for c in rules if pins[id(c)] is None or v in pins[id(c)]], rest) for v in values}  # type: ignore[operator]
+        return [field, by_value, self._tree(free, rest)]  # a list: leaves are tuples
 
+    def _index(self, compiled: list[_Compiled]) -> tuple[dict[str, Any], dict[str, Any], Any]:
         msg_rules: dict[str, list[_Compiled]] = {}
         anom_rules: dict[str, list[_Compiled]] = {}
         anom_any: list[_Compiled] = []
@@ -168,34 +190,32 @@ class RuleEngine:
                 (anom_any if r.protocol == ANY_PROTOCOL else anom_rules.setdefault(r.protocol, [])).append(c)
             else:
                 msg_rules.setdefault(r.protocol, []).append(c)
-        msg: dict[str, _Bucket] = {}
-        for proto, rules in msg_rules.items():
-            field = INDEX_FIELDS.get(proto)
-            path = f"ics.{proto}.{field}" if field else None
-            msg[proto] = bucket(rules, field, path)
-        anom = {
-            p: bucket(sorted([*rules, *anom_any], key=lambda c: c.order), "name", "error.code")
-            for p, rules in anom_rules.items()
-        }
-        return msg, anom, bucket(anom_any, "name", "error.code")
+        msg = {proto: self._tree(rules, self._index_paths(rules[0].rule)) for proto, rules in msg_rules.items()}
+        name = [("name", "error.code")]
+        anom = {p: self._tree([*rules, *anom_any], name) for p, rules in anom_rules.items()}
+        return msg, anom, self._tree(anom_any, name)
 
     # -- detector seam -----------------------------------------------------------------------------------------
     def on_message(self, m: Msg) -> Iterable[Alert]:
         if type(m) is Message:
-            b = self._msg.get(m.protocol)
-            if b is None:
+            node = self._msg.get(m.protocol)
+            if node is None:
                 return ()
-            field, by_value, rules = b
-            if by_value:
-                rules = by_value.get(m.fields.get(field), rules)  # type: ignore[arg-type]
+            f = m.fields
+            while type(node) is list:
+                field, by_value, default = node
+                node = by_value.get(f.get(field), default)
         else:
-            field, by_value, rules = self._anom.get(m.protocol, self._anom_any)
-            if by_value:
-                rules = by_value.get(m.name, rules)  # type: ignore[union-attr]
+            node = self._anom.get(m.protocol, self._anom_any)
+            while type(node) is list:
+                node = node[1].get(m.name, node[2])  # type: ignore[union-attr]
+        if not node:
+            return ()
         out: list[Alert] | None = None
-        for c in rules:
-            if c.pred(m) and (c.suppress is None or not c.suppress(m)):
-                a = self._hit(c, m) if c.count else self._aggregate(c, (c.order, m.flow.flow_id if m.flow else None), m, m.ts, 1, {})
+        for c in node:
+            p = c.pred
+            if p is None or p(m):
+                a = c.hit(m)
                 if a is not None:
                     if out is None:
                         out = []
@@ -213,54 +233,99 @@ class RuleEngine:
         return self._release(list(self._pending))
 
     # -- internals ---------------------------------------------------------------------------------------------
-    def _hit(self, c: _Compiled, m: Msg) -> Alert | None:
-        """A match of a threshold rule: count it in its key's window and fire when the threshold is reached."""
-        ts = m.ts
-        key = tuple(None if (v := g(m)) is MISSING else v for g in c.by)
-        agg = self._pending.get((c.order, key))
-        if agg is not None and agg.firing:  # already over the threshold: add to the held alert
-            agg.count += 1
-            agg.last_ts = ts
-            agg.last_frame = m.packet.frame
-            return None
-        windows = c.windows
-        if c.distinct is not None:
-            v = c.distinct(m)
-            if v is MISSING:
-                return None
-            if type(v) is list:
-                v = tuple(v)
-            seen = windows.get(key)
-            if seen is None:
-                seen = windows[key] = {}
-                self._cap(windows)
-            seen.pop(v, None)
-            seen[v] = ts
-            cutoff = ts - c.window_ns
-            while True:
-                oldest = next(iter(seen))
-                if seen[oldest] >= cutoff:
-                    break
-                del seen[oldest]
-            if len(seen) < c.count:
-                return None
-            first_ts = seen[next(iter(seen))]
-            n = len(seen)
-            extra = {"distinct_values": sorted(seen, key=repr)[:64]}
+    def _make_hit(self, c: _Compiled) -> Callable[[Msg], Alert | None]:
+        """What a match of ``c`` does, as one closure over its state (hot path: no attribute lookups).
+
+        Plain rules aggregate per (rule, flow). Threshold rules count per ``by`` key; once over the threshold
+        the key's matches go straight into the held alert until it is released. Distinct counting stores
+        value -> last seen and purges expired values only when the count is reached, so a host below the
+        threshold costs one dict store per message.
+        """
+        suppress = c.suppress
+        aggregate = self._aggregate
+        order = c.order
+        if not c.count:
+
+            def hit_plain(m: Msg) -> Alert | None:
+                if suppress is not None and suppress(m):
+                    return None
+                fl = m.flow
+                return aggregate(c, (order, fl.flow_id if fl is not None else None), m, m.ts, 1, {})
+
+            return hit_plain
+        by = c.by
+        key_of: Callable[[Msg], Any]
+        if not by:
+            key_of = lambda m: ()  # noqa: E731
+        elif len(by) == 1:
+            key_of = by[0]
         else:
-            dq = windows.get(key)
-            if dq is None:
-                dq = windows[key] = deque(maxlen=c.count)
-                self._cap(windows)
-            dq.append(ts)
-            if len(dq) < c.count or ts - dq[0] > c.window_ns:
+            key_of = lambda m: tuple(g(m) for g in by)  # noqa: E731
+        src = by == (source_ip,)
+        windows, count, window_ns, fire, cap = c.windows, c.count, c.window_ns, self._fire, self._cap
+        distinct = c.distinct
+        dname = c.distinct_field
+        agg_type = _Agg
+
+        def hit_threshold(m: Msg) -> Alert | None:
+            if suppress is not None and suppress(m):
                 return None
-            first_ts = dq[0]
-            n = c.count
-            extra = {}
-        del windows[key]
-        extra["threshold"] = {"count": c.count, "seconds": c.seconds, "by": dict(zip(c.rule.threshold.by, key, strict=True))}  # type: ignore[union-attr]
-        return self._aggregate(c, (c.order, key), m, first_ts, n, extra, firing=True)
+            if src:
+                fl = m.flow
+                key = MISSING if fl is None else fl.client_ip if m.from_client else fl.server_ip
+            else:
+                key = key_of(m)
+            st = windows.get(key)
+            ts = m.ts
+            if type(st) is agg_type:  # over the threshold: this key's matches go into the held alert
+                st.count += 1
+                st.last_ts = ts
+                st.last_frame = m.packet.frame
+                return None
+            if distinct is not None:
+                v = m.fields.get(dname, MISSING) if dname else distinct(m)
+                if v is MISSING:
+                    return None
+                if type(v) is list:
+                    v = tuple(v)
+                if st is None:
+                    st = windows[key] = {}
+                    cap(windows)
+                st[v] = ts
+                if len(st) < count:
+                    return None
+                cutoff = ts - window_ns
+                for old in [k for k, t in st.items() if t < cutoff]:
+                    del st[old]
+                if len(st) < count:
+                    return None
+                extra: dict[str, Any] = {"distinct_values": sorted(st, key=repr)[:64]}
+                return fire(c, key, m, min(st.values()), len(st), extra)
+            if st is None:
+                st = windows[key] = deque(maxlen=count)
+                cap(windows)
+            st.append(ts)
+            if len(st) < count or ts - st[0] > window_ns:
+                return None
+            return fire(c, key, m, st[0], count, {})
+
+        return hit_threshold
+
+    def _fire(self, c: _Compiled, key: Any, m: Msg, first_ts: int, n: int, extra: dict[str, Any]) -> Alert | None:
+        """The threshold of ``c`` was reached for ``key``: start (or emit) its alert."""
+        del c.windows[key]
+        keys = (key,) if len(c.by) == 1 else key
+        names = c.rule.threshold.by if c.rule.threshold else ()
+        extra["threshold"] = {
+            "count": c.count, "seconds": c.seconds,
+            "by": {p: (None if k is MISSING else k) for p, k in zip(names, keys, strict=True)},
+        }  # fmt: skip
+        a = self._aggregate(c, (c.order, key), m, first_ts, n, extra)
+        if a is None:  # held: the window's place goes to the alert, which takes the key's matches until released
+            held = self._pending[(c.order, key)]
+            held.firing, held.tkey = True, key
+            c.windows[key] = held
+        return a
 
     def _cap(self, windows: dict[Any, Any]) -> None:
         if len(windows) > MAX_KEYS:
@@ -283,6 +348,9 @@ class RuleEngine:
 
     def _release(self, keys: list[tuple[Any, ...]]) -> list[Alert]:
         aggs = [self._pending.pop(k) for k in keys]
+        for a in aggs:
+            if a.firing and a.rule.windows.get(a.tkey) is a:
+                del a.rule.windows[a.tkey]
         aggs.sort(key=lambda a: (a.first_ts, a.rule.order, a.seq))
         return [self._alert(a) for a in aggs]
 

@@ -226,9 +226,9 @@ def default_registries() -> dict[str, FieldRegistry]:
             if e.name != f"sensor.messages.{name}":
                 raise
             continue
-        reg = getattr(mod, "REGISTRY", None)
-        if isinstance(reg, FieldRegistry):
-            out[reg.protocol] = reg
+        for value in vars(mod).values():  # REGISTRY, and more than one where a module names two (s7comm_plus)
+            if isinstance(value, FieldRegistry):
+                out.setdefault(value.protocol, value)
     return out
 
 

@@ -61,5 +61,10 @@ TEST_KEYS: dict[str, bool] = {"pcap": True, "lists": False, "expect": True, "nam
 EXPECT_KEYS: dict[str, bool] = {"count": True, "match": False}
 EXCEPTION_KEYS: dict[str, bool] = {"name": True, "match": True}
 
-# The field each protocol's rules are indexed by, when a rule pins it with an equality or `in` at top level.
-INDEX_FIELDS: dict[str, str] = {"modbus": "function_code", "s7comm": "function_code", "mqtt": "msgtype"}
+# The fields each protocol's rules are indexed by (nested, in this order), when a rule pins them with an
+# equality or `in` at top level: a write rule is never evaluated on a read poll, a request rule never on a response.
+INDEX_FIELDS: dict[str, tuple[str, ...]] = {
+    "modbus": ("function_code", "is_request"),
+    "s7comm": ("function", "is_request"),
+    "mqtt": ("msgtype",),
+}

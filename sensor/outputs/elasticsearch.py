@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
-from elasticsearch import ApiError, Elasticsearch, TransportError, helpers
+from elasticsearch import ApiError, Elasticsearch, OrjsonSerializer, TransportError, UnsupportedProductError, helpers
 from elasticsearch import __versionstr__ as CLIENT_VERSION
 
 from sensor.config import ConfigError, read_secret_file
@@ -159,9 +159,11 @@ def make_client(s: EsSettings, compat_major: int = CLIENT_MAJOR) -> Elasticsearc
         if not s.verify_certs:
             tls["ssl_show_warn"] = False
             log.warning("TLS certificate verification is OFF (outputs.elasticsearch.verify_certs: false)")
+    fast = OrjsonSerializer()
     return _client_class(compat_major)(
         list(s.hosts), request_timeout=s.request_timeout, max_retries=max(0, len(s.hosts) - 1),
-        retry_on_status=(), retry_on_timeout=True, **tls, **_auth(s),
+        retry_on_status=(), retry_on_timeout=True,
+        serializers={"application/json": fast, "application/vnd.elasticsearch+json": fast}, **tls, **_auth(s),
     )  # fmt: skip
 
 
@@ -172,12 +174,16 @@ def explain(e: BaseException, s: EsSettings) -> str:
     detail = " ".join([text, str(getattr(e, "message", "")), *(repr(x) for x in getattr(e, "errors", ()) or ())])
     if e.__cause__ is not None:
         detail += " " + repr(e.__cause__)
+    if isinstance(e, UnsupportedProductError):
+        return f"{hosts}: the server is not Elasticsearch (no X-Elastic-Product header)"
     if isinstance(e, ApiError):
         if e.status_code == 401:
             return f"{hosts}: authentication failed (401): check the API key or username/password"
         if e.status_code == 403:
             return f"{hosts}: permission denied (403): {e.message}"
-        return f"{hosts}: HTTP {e.status_code}: {e.message}"
+        return f"{hosts}: HTTP {e.status_code}: {e.message} (is this an Elasticsearch URL?)" if e.status_code == 404 else (
+            f"{hosts}: HTTP {e.status_code}: {e.message}"
+        )
     if "CERTIFICATE_VERIFY_FAILED" in detail or "certificate verify failed" in detail:
         why = re.search(r"certificate verify failed: ([^(')\]]+)", detail)
         return (
@@ -185,7 +191,9 @@ def explain(e: BaseException, s: EsSettings) -> str:
             "give the cluster's CA certificate in outputs.elasticsearch.ca_file (verification is on by default)"
         )
     if isinstance(e, TransportError):
-        return f"{hosts}: cannot connect: {text}"
+        errno = re.search(r"\[Errno -?\d+\] [A-Za-z ]+?(?= ?\w*Error|['\")]|$)", detail)
+        timeout = "timed out" if "timeout" in detail.lower() or "timed out" in detail else None
+        return f"{hosts}: cannot connect: {errno.group(0) if errno else timeout or text}"
     return f"{hosts}: {type(e).__name__}: {text}"
 
 
@@ -213,6 +221,20 @@ def doc_id(doc: Document) -> str:
         doc = {**doc, "event": {k: v for k, v in ev.items() if k != "ingested"}}
     digest = hashlib.sha256(orjson.dumps(doc, option=_ID_OPTS, default=str)).digest()
     return base64.urlsafe_b64encode(digest[:15]).decode()
+
+
+def _with_ingested(body: bytes, marker: bytes, ingested: str) -> bytes:
+    """Add event.ingested without parsing: bodies are sorted-key JSON whose top-level keys before "event"
+    (@timestamp, client, data_stream, destination, error) hold no "event" key, and a key's quotes cannot occur
+    unescaped inside a string, so the first ``"event":{`` is the top-level event object."""
+    at = body.find(b'"event":{')
+    if at < 0 or b'"ingested":' in body:
+        doc = orjson.loads(body)  # no event object, or a field named ingested somewhere: parse, to be sure
+        if isinstance(doc.get("event"), dict):
+            doc["event"]["ingested"] = ingested
+        return orjson.dumps(doc)
+    at += 9
+    return body[:at] + (marker if body[at : at + 1] != b"}" else marker[:-1]) + body[at:]
 
 
 def _now() -> str:
@@ -347,7 +369,7 @@ class ElasticsearchSink:
                 self._client, info = connect(self.s)
                 self.server_version = str(info.get("version", {}).get("number"))
                 log.info("elasticsearch %s at %s", self.server_version, ", ".join(self.s.hosts))
-            except (TransportError, EsError, ConfigError) as e:
+            except (ApiError, TransportError, EsError, ConfigError) as e:
                 self.counters["failed_requests"] += 1
                 self._warn("connect", f"elasticsearch unreachable, documents wait in the spool: {explain(e, self.s)}")
                 return None
@@ -379,13 +401,11 @@ class ElasticsearchSink:
         """One streaming_bulk pass; returns the records to retry."""
         ingested = _now()
 
+        marker = b'"ingested":"%s",' % ingested.encode()
+
         def actions() -> Any:
             for _id, (index, body) in pending.items():
-                doc = orjson.loads(body)
-                ev = doc.get("event")
-                if isinstance(ev, dict):
-                    ev["ingested"] = ingested
-                yield {"create": {"_index": index.decode(), "_id": _id.decode()}}, orjson.dumps(doc)
+                yield {"create": {"_index": index.decode(), "_id": _id.decode()}}, _with_ingested(body, marker, ingested)
 
         retry: dict[bytes, tuple[bytes, bytes]] = {}
         dead: list[tuple[bytes, bytes, bytes, dict[str, Any]]] = []
@@ -418,7 +438,7 @@ class ElasticsearchSink:
                     if status != 429 and not (isinstance(status, int) and status >= 500):
                         self._warn(f"item{status}", f"elasticsearch refused documents ({status}): {info.get('error')}; retrying")
                     retry[_id] = rec
-        except (TransportError, EsError) as e:  # connection refused, timeout, TLS: nothing more was sent
+        except (ApiError, TransportError, EsError) as e:  # connection refused, timeout, TLS: nothing more was sent
             self._request_failed(e)
             retry.update((k, v) for k, v in pending.items() if k not in seen)
         if dead:

@@ -33,7 +33,8 @@ SEVERITIES = ("critical", "high", "medium", "low")
 SEV_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 MAX_ALERTS = 5000
 MAX_TS_KEYS = 50_000  # per-second buckets before coarsening to minutes, hours, days
-MAX_KEYS = 20_000  # cap on write targets, topics, clients, flow keys
+MAX_KEYS = 20_000  # cap on write targets, topics, clients, subscriptions
+MAX_FLOW_KEYS = 100_000  # cap on (client, server, function) keys behind the graph, inventory and function charts
 MAX_GRAPH_NODES = 40
 MAX_ROWS = 500  # rows per aggregate table in the page
 MODBUS_CONTROL_DIAG = {1: "restart communications option", 4: "force listen only mode", 10: "clear counters"}
@@ -42,6 +43,7 @@ CONTROL_WORDS = ("stop", "start", "restart", "download", "delete", "control", "f
 WRITE_ACCESS = {"write", "read_write"}
 _DETAIL_SKIP = ("observer", "client", "server", "related", "event.module", "event.dataset", "event.category",
                 "event.type", "threat.framework", "threat.technique.reference", "rule.uuid")  # fmt: skip
+_RULE_LEVEL = ("rule.", "threat.")  # the same for every alert of a rule: stored once in the page
 
 
 def e(value: Any) -> str:
@@ -104,7 +106,7 @@ def _flatten(obj: Any, prefix: str, out: list[list[str]]) -> None:
 def _classify(proto: str, action: str | None, access: Any) -> str:
     """'write', 'control' or '' for an event's function (cached by the caller)."""
     a = (action or "").lower()
-    if any(w in a for w in CONTROL_WORDS) or access in ("control", "program", "execute"):
+    if any(w in a for w in CONTROL_WORDS) or access in ("control", "program", "execute", "download", "security"):
         return "control"
     if access in WRITE_ACCESS or (proto != "mqtt" and a.startswith("write")):
         return "write"
@@ -144,8 +146,10 @@ class ReportData:
     last_ts: str | None = None
     traffic: Counter[str] = field(default_factory=Counter)  # ts prefix -> messages
     alert_time: Counter[tuple[str, str]] = field(default_factory=Counter)  # (ts prefix, severity) -> alerts
-    # (proto, client, server, server port, action, function code, class, is_request, failed) -> [count, first, last]
-    flows: dict[tuple[Any, ...], list[Any]] = field(default_factory=dict)
+    # (proto, client, server, server port) -> [messages, first, last, requests, writes, control commands, failures]
+    pairs: dict[tuple[Any, ...], list[Any]] = field(default_factory=dict)
+    funcs: dict[tuple[Any, ...], int] = field(default_factory=dict)  # (proto, action, fc, class, is_request) -> n
+    pair_funcs: dict[tuple[Any, ...], int] = field(default_factory=dict)  # (proto, client, server, action, fc) -> requests
     captures: Counter[str] = field(default_factory=Counter)
     decode_errors: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (name, client, server)
     events: int = 0
@@ -163,6 +167,7 @@ class ReportData:
     mqtt_topics: dict[str, list[Any]] = field(default_factory=dict)  # topic -> [publishes, publishers, qos, retained, first, last]
     mqtt_subs: dict[str, set[str]] = field(default_factory=dict)  # filter -> subscribers
     mqtt_clients: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (ip, client id) -> facts
+    rule_fields: dict[str, list[list[str]]] = field(default_factory=dict)  # rule id -> rule.* and threat.* fields
     dropped_keys: int = 0
     metric: Document | None = None  # the stats document, when one is written to the sink
 
@@ -193,8 +198,9 @@ class ReportSink:
 
     def close(self) -> None:
         if self.path:
+            page = self.render(self.stats)
             with open(self.path, "w", encoding="utf-8") as f:
-                f.write(self.render(self.stats))
+                f.write(page)
 
     def write(self, batch: list[Document]) -> None:
         for d in batch:
@@ -272,17 +278,36 @@ class ReportSink:
             self._s7(f, sip, req)
         elif proto == "mqtt":
             self._mqtt(f, cip, req, ts, action)
-        failed = ev.get("outcome") == "failure"
-        key = (proto, cip, sip, sv.get("port"), action, fc, cls, bool(req), failed)
-        rec = D.flows.get(key)
+        req = bool(req)
+        pkey = (proto, cip, sip, sv.get("port"))
+        rec = D.pairs.get(pkey)
         if rec is None:
-            if len(D.flows) < MAX_KEYS:
-                D.flows[key] = [1, ts, ts]
+            if len(D.pairs) < MAX_FLOW_KEYS:
+                rec = D.pairs[pkey] = [0, ts, ts, 0, 0, 0, 0]
             else:
                 D.dropped_keys += 1
-        else:
+        if rec is not None:
             rec[0] += 1
             rec[2] = ts
+            if req:
+                rec[3] += 1
+                if cls == "write":
+                    rec[4] += 1
+                elif cls == "control":
+                    rec[5] += 1
+            if ev.get("outcome") == "failure":
+                rec[6] += 1
+        fkey = (proto, action, fc, cls, req)
+        D.funcs[fkey] = D.funcs.get(fkey, 0) + 1
+        if req:
+            mkey = (proto, cip, sip, action, fc)
+            n = D.pair_funcs.get(mkey)
+            if n is not None:
+                D.pair_funcs[mkey] = n + 1
+            elif len(D.pair_funcs) < MAX_FLOW_KEYS:
+                D.pair_funcs[mkey] = 1
+            else:
+                D.dropped_keys += 1
 
     def _modbus(self, f: Document, cip: str, sip: str, cls: str, req: bool, ts: str) -> str:
         D = self.data
@@ -323,24 +348,35 @@ class ReportSink:
 
     def _s7(self, f: Document, sip: str, req: bool) -> None:
         D = self.data
-        for kind in ("area", "area_name", "block_type", "block_number", "szl_id"):
-            v = f.get(kind)
-            if v is not None and len(D.s7_objects) < MAX_KEYS:
-                for x in v if isinstance(v, list) else [v]:
-                    D.s7_objects[(sip, kind, str(x)[:64])] += 1
+        objs = D.s7_objects
+        if len(objs) < MAX_KEYS:
+            area = f.get("area_name")
+            if area is not None:
+                dbs = f.get("db_number")
+                areas = area if isinstance(area, list) else [area]
+                dbl = dbs if isinstance(dbs, list) else [dbs] * len(areas)
+                for a, db in zip(areas, dbl, strict=False):
+                    objs[(sip, "area", f"{a} {db}" if db else str(a))] += 1
+            bt = f.get("block_type")
+            if bt is not None:
+                bn = f.get("block_number")
+                objs[(sip, "block", f"{bt} {bn}" if bn is not None else str(bt))] += 1
+            for kind, name in (("szl", "szl_id_name"), ("pi service", "pi_service_name"), ("file", "filename")):
+                v = f.get(name)
+                if v is not None and req:
+                    objs[(sip, kind, str(v)[:80])] += 1
         if not req:
             facts: dict[str, str] | None = None
             for k, v in f.items():
-                if k.startswith(("szl", "module", "order", "serial", "firmware", "plant", "copyright", "system_name")):
-                    if k in ("szl_id", "szl_index"):
-                        continue
+                if k.startswith("szl.") and not isinstance(v, dict | list):
                     facts = facts if facts is not None else D.device_facts.setdefault(sip, {})
-                    if isinstance(v, dict):
-                        for kk, vv in list(v.items())[:32]:
-                            if len(facts) < 48 and not isinstance(vv, dict | list):
-                                facts[f"{k}.{kk}"] = str(vv)[:200]
-                    elif len(facts) < 48 and not isinstance(v, list):
+                    if len(facts) < 48:
                         facts[k] = str(v)[:200]
+                elif k == "szl" and isinstance(v, dict):
+                    facts = facts if facts is not None else D.device_facts.setdefault(sip, {})
+                    for kk, vv in list(v.items())[:32]:
+                        if len(facts) < 48 and not isinstance(vv, dict | list):
+                            facts[f"szl.{kk}"] = str(vv)[:200]
 
     def _mqtt(self, f: Document, cip: str, req: bool, ts: str, action: str | None) -> None:
         D = self.data
@@ -419,8 +455,11 @@ class ReportSink:
         rank = SEV_RANK.get(sev, 2)
         if len(D.kept) >= self.max_alerts and (self.max_alerts <= 0 or rank <= D.kept[0][0]):
             return  # the table keeps the most severe alerts, earliest first
-        details: list[list[str]] = []
-        _flatten(d, "", details)
+        flat: list[list[str]] = []
+        _flatten(d, "", flat)
+        details = [kv for kv in flat if not kv[0].startswith(_RULE_LEVEL)]
+        if rid not in D.rule_fields and len(D.rule_fields) < MAX_KEYS:  # rule text once per rule, not per alert
+            D.rule_fields[rid] = [kv for kv in flat if kv[0].startswith(_RULE_LEVEL)]
         row = AlertRow(
             ts=ts, sev=sev, rule_id=rid, rule_name=str(rule.get("name") or ""), techniques=techs, src=sip,
             src_port=src.get("port"), dst=dip, dst_port=dst.get("port"), proto=str((d.get("network") or {}).get("protocol") or ""),
@@ -606,20 +645,16 @@ class Renderer:
                 h = hosts[ip] = Host(ip)
             return h
 
-        for (proto, cip, sip, sport, action, fc, cls, req, failed), (count, first, last) in self.D.flows.items():
+        for (proto, cip, sip, sport), (count, first, last, reqs, writes, controls, failures) in self.D.pairs.items():
             ed = edges.get((cip, sip))
             if ed is None:
                 ed = edges[(cip, sip)] = Edge(cip, sip, first=first, last=last)
             ed.count += count
             ed.protos[proto] += count
             ed.first, ed.last = min(ed.first, first), max(ed.last, last)
-            if req:
-                label = f"{action}" if fc is None else f"FC {fc} {action}" if proto == "modbus" else f"{action}"
-                ed.funcs[f"{proto}: {label}"] += count
-                ed.writes += count if cls == "write" else 0
-                ed.controls += count if cls == "control" else 0
-            if failed:
-                ed.failures += count
+            ed.writes += writes
+            ed.controls += controls
+            ed.failures += failures
             c, s = host(cip), host(sip)
             c.roles.add(ROLE_NAMES.get((proto, False), f"{proto} client"))
             s.roles.add(ROLE_NAMES.get((proto, True), f"{proto} server"))
@@ -631,12 +666,16 @@ class Renderer:
                 h.last = max(h.last, last)
             if sport is not None:
                 s.ports.add(sport)
-            (c if req else s).sent += count
-            (s if req else c).received += count
-            if req and cls == "write":
-                c.writes += count
-            if req and cls == "control":
-                c.controls += count
+            c.sent += reqs
+            s.received += reqs
+            s.sent += count - reqs
+            c.received += count - reqs
+            c.writes += writes
+            c.controls += controls
+        for (proto, cip, sip, action, fc), n in self.D.pair_funcs.items():
+            ed = edges.get((cip, sip))
+            if ed is not None:
+                ed.funcs[f"{proto}: FC {fc} {action}" if proto == "modbus" and fc is not None else f"{proto}: {action}"] += n
         for (a, b), n in self.D.alerts_by_pair.items():
             ed = edges.get((a, b)) or edges.get((b, a))
             if ed is not None:
@@ -689,8 +728,9 @@ class Renderer:
     def _rows(self) -> list[AlertRow]:
         return [r for _, _, r in sorted(self.D.kept, key=lambda x: (x[2].ts, -x[0]))]
 
-    def _details(self) -> list[list[list[str]]]:
-        return [r.details for r in self._rows()]
+    def _details(self) -> dict[str, Any]:
+        """Fields of each table row (in row order) and of each rule, joined by the page's JS on expand."""
+        return {"rows": [r.details for r in self._rows()], "rules": self.D.rule_fields}
 
     def summary(self) -> str:
         D, st = self.D, self.stats
@@ -700,10 +740,10 @@ class Renderer:
         msgs: dict[str, int] = st.get("messages") or {}
         if not msgs:
             per: Counter[str] = Counter()
-            for k, v in D.flows.items():
-                per[k[0]] += v[0]
+            for k, v in D.funcs.items():
+                per[k[0]] += v
             msgs = dict(per)
-        protos = sorted({k[0] for k in D.flows})
+        protos = sorted({k[0] for k in D.funcs})
         dec = st.get("decode_errors", sum(D.decode_errors.values()))
         rule_pack = self.sink.rule_pack or st.get("rule_pack") or st.get("rules_version") or "n/a"
         cards = [
@@ -730,7 +770,7 @@ class Renderer:
         table = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
         note = ""
         if D.dropped_keys:
-            note = f'<p class="note">{D.dropped_keys:,} events were counted in totals only: aggregate tables reached their cap of {MAX_KEYS:,} keys.</p>'
+            note = f'<p class="note">{D.dropped_keys:,} events were counted in totals only: aggregate tables reached their cap ({MAX_FLOW_KEYS:,} conversation keys, {MAX_KEYS:,} others).</p>'
         return f'<div class="cards" id="summary-cards">{card_html}</div><table class="kv" id="summary-table">{table}</table>{note}'
 
     def alerts_overview(self) -> str:
@@ -799,18 +839,20 @@ class Renderer:
         body = []
         for i, r in enumerate(rows):
             tech = " ".join(r.techniques)
-            tech_html = " ".join(f'<span class="tech" title="{e((technique(t) or ("unknown technique",))[0])}">{e(t)}</span>' for t in r.techniques)
+            tech_html = e(" ".join(r.techniques))
             src = f"{r.src}:{r.src_port}" if r.src_port is not None else r.src
             dst = f"{r.dst}:{r.dst_port}" if r.dst_port is not None else r.dst
             body.append(
                 f'<tr class="arow" data-i="{i}" data-ts="{e(r.ts)}" data-severity="{r.sev}" data-rule="{e(r.rule_id)}" '
                 f'data-technique="{e(tech)}" data-source="{e(r.src)}" data-destination="{e(r.dst)}" data-count="{r.count}">'
                 f'<td><button type="button" class="exp" aria-expanded="false" aria-label="show fields">▸</button>{e(r.ts[:23].replace("T", " "))}</td>'
-                f'<td><span class="chip sev-{r.sev}">{r.sev}</span></td><td><b>{e(r.rule_id)}</b> {e(r.rule_name)}</td>'
-                f"<td>{tech_html}</td><td>{e(src)}</td><td>{e(dst)}</td><td>{e(r.proto)} {e(r.action)}</td>"
+                f'<td class="sev sev-{r.sev}">{r.sev}</td><td><b>{e(r.rule_id)}</b> {e(r.rule_name)}</td>'
+                f'<td class="tech">{tech_html}</td><td>{e(src)}</td>'
+                f"<td>{e(dst)}</td><td>{e(r.proto)} {e(r.action)}</td>"
                 f'<td class="r">{r.count:,}</td><td class="msg">{e(r.message)}</td></tr>'
             )
-        return (f"{note}{controls}<div class=\"scroll\"><table id=\"alert-table\" class=\"data alerts\"><thead><tr>{head}</tr></thead>"
+        cols = "".join(f'<col style="width:{w}">' for w in ("140px", "80px", "19%", "90px", "140px", "140px", "11%", "55px", "auto"))
+        return (f"{note}{controls}<div class=\"scroll\"><table id=\"alert-table\" class=\"data alerts\"><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table></div>")  # fmt: skip
 
     def attack(self) -> str:
@@ -851,8 +893,13 @@ class Renderer:
         for ed in self.edges:
             weight[ed.client] += ed.count
             weight[ed.server] += ed.count
-        keep = {ip for ip, _ in weight.most_common(MAX_GRAPH_NODES)}
-        edges = [ed for ed in self.edges if ed.client in keep and ed.server in keep]
+        keep: set[str] = set()
+        edges: list[Edge] = []
+        for ed in self.edges:  # busiest conversations first, while their hosts fit
+            new = {ed.client, ed.server} - keep
+            if len(keep) + len(new) <= MAX_GRAPH_NODES:
+                keep |= new
+                edges.append(ed)
         clients = {ed.client for ed in edges}
         servers = {ed.server for ed in edges}
         cols: list[list[str]] = [sorted(clients - servers, key=lambda ip: -weight[ip]),
@@ -928,7 +975,10 @@ class Renderer:
                   '<span class="chip proto-mqtt">mqtt</span><span class="chip write">writes (✎)</span>'
                   '<span class="chip control">control commands (⚡)</span><span class="chip alerted">host or pair with alerts</span>'
                   "<span>line width: message count (log scale); hover for the function mix</span></div>")  # fmt: skip
-        note = f'<p class="note">The graph shows the {len(keep)} busiest hosts; {omitted:,} more are in the tables.</p>' if omitted > 0 else ""
+        note = ""
+        if omitted > 0 or len(edges) < len(self.edges):
+            note = (f'<p class="note">The graph shows the busiest {len(edges):,} of {len(self.edges):,} conversations '
+                    f"({len(keep)} hosts); {omitted:,} more hosts are in the tables.</p>")  # fmt: skip
         return legend + "".join(out) + note
 
     def _edge_table(self) -> str:
@@ -971,15 +1021,15 @@ class Renderer:
 
     def _functions(self, proto: str) -> list[tuple[str, int, str]]:
         c: Counter[tuple[str, str]] = Counter()
-        any_req = any(k[7] for k in self.D.flows if k[0] == proto)
-        for (p, _c, _s, _sp, action, fc, cls, req, _f), (n, _a, _b) in self.D.flows.items():
+        any_req = any(k[4] for k in self.D.funcs if k[0] == proto)
+        for (p, action, fc, cls, req), n in self.D.funcs.items():
             if p == proto and (req or not any_req):
                 c[(f"{fc} {action}" if proto == "modbus" and fc is not None else str(action), cls)] += n
         return [(lbl, n, f"fn {cls}" if cls else "fn") for (lbl, cls), n in c.most_common(24)]
 
     def modbus(self) -> str:
         D = self.D
-        if not any(k[0] == "modbus" for k in D.flows):
+        if not any(k[0] == "modbus" for k in D.funcs):
             return '<p class="empty">No Modbus/TCP traffic.</p>'
         chart = hbar_chart("chart-modbus-fc", self._functions("modbus"), "Modbus requests by function code", width=620)
         writes = sorted(D.modbus_writes.items(), key=lambda kv: -kv[1][0])
@@ -1000,18 +1050,18 @@ class Renderer:
 
     def s7(self) -> str:
         D = self.D
-        if not any(k[0] == "s7comm" for k in D.flows):
+        if not any(k[0] == "s7comm" for k in D.funcs):
             return '<p class="empty">No S7comm traffic.</p>'
         chart = hbar_chart("chart-s7-functions", self._functions("s7comm"), "S7 functions", width=620)
         objs = "".join(f"<tr><td>{e(s)}</td><td>{e(k)}</td><td>{e(v)}</td><td class=\"r\">{n:,}</td></tr>"
                        for (s, k, v), n in D.s7_objects.most_common(MAX_ROWS))  # fmt: skip
-        obj_html = (f'<h3>Areas, blocks and SZL ids</h3><table class="data" id="s7-objects"><thead><tr><th>PLC</th><th>Kind</th><th>Value</th>'
+        obj_html = (f'<h3>Areas, blocks, SZL lists, PI services and files</h3><table class="data" id="s7-objects"><thead><tr><th>PLC</th><th>Kind</th><th>Value</th>'
                     f"<th>Messages</th></tr></thead><tbody>{objs}</tbody></table>") if objs else ""  # fmt: skip
         return f"<h3>Functions</h3>{chart}{obj_html}"
 
     def mqtt(self) -> str:
         D = self.D
-        if not any(k[0] == "mqtt" for k in D.flows):
+        if not any(k[0] == "mqtt" for k in D.funcs):
             return '<p class="empty">No MQTT traffic.</p>'
         chart = hbar_chart("chart-mqtt-packets", self._functions("mqtt"), "MQTT packet types", width=620)
         topics = sorted(D.mqtt_topics.items(), key=lambda kv: -kv[1][0])

@@ -36,7 +36,7 @@ td.facts div{font-size:12px}.fk{color:var(--muted)}
 .chip.sev-critical{background:var(--critical)}.chip.proto-modbus{background:var(--modbus)}.chip.proto-s7comm{background:var(--s7comm)}
 .chip.proto-mqtt{background:var(--mqtt)}.chip.write{background:var(--write)}.chip.control{background:var(--control)}
 .chip.alerted{background:transparent;color:var(--fg);border:2px solid var(--critical)}
-.tech{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;background:var(--card);border:1px solid var(--border);border-radius:3px;padding:0 3px}
+span.tech{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;background:var(--card);border:1px solid var(--border);border-radius:3px;padding:0 3px}
 svg.chart{display:block;max-width:100%;height:auto;margin:6px 0;overflow:visible}
 svg text{fill:var(--fg);font-size:12px}svg .tick{fill:var(--muted);font-size:11px}svg .axis{stroke:var(--border)}
 svg .num{fill:var(--muted);font-size:11px}
@@ -64,7 +64,12 @@ button.exp{background:none;border:0;color:var(--accent);cursor:pointer;padding:0
 tr.arow.open{background:var(--card)}tr.adetail td{background:var(--card)}
 table.fields{font-size:12px;margin:2px 0 6px 18px}table.fields th{text-align:left;font-weight:500;color:var(--muted);padding:1px 12px 1px 0;vertical-align:top;white-space:nowrap}
 table.fields td{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all;padding:1px 0}
-@media print{:root{--bg:#fff;--fg:#000;--muted:#444;--card:#f3f3f3;--border:#bbb;--hl:#fff1dc}
+table.alerts{table-layout:fixed;min-width:1100px}table.alerts td{overflow-wrap:anywhere}
+td.sev{font-weight:600;color:var(--sev)}td.sev-low{--sev:var(--low)}td.sev-medium{--sev:var(--medium)}
+td.sev-high{--sev:var(--high)}td.sev-critical{--sev:var(--critical)}td.sev::before{content:"● "}
+td.tech{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+section{content-visibility:auto;contain-intrinsic-size:auto 900px}
+@media print{section{content-visibility:visible}:root{--bg:#fff;--fg:#000;--muted:#444;--card:#f3f3f3;--border:#bbb;--hl:#fff1dc}
 header{position:static}nav,.controls,button.exp{display:none}.scroll{max-height:none;overflow:visible;border:0}
 table.data thead th{position:static}svg.chart,.tactic,tr{break-inside:avoid}section{break-before:auto}
 h2{break-after:avoid}a{color:inherit}}
@@ -84,9 +89,10 @@ JS = r"""
   var details = null;
   var ncols = table.tHead ? table.tHead.rows[0].cells.length : 9;
 
-  function fields(i) {
+  function fields(r) {
     if (details === null) { details = JSON.parse(document.getElementById('alert-data').textContent); }
-    return details[i] || [];
+    var own = details.rows[+r.getAttribute('data-i')] || [];
+    return own.concat(details.rules[r.getAttribute('data-rule')] || []);
   }
   function detailRow(r) {
     var d = r.nextElementSibling;
@@ -126,7 +132,7 @@ JS = r"""
       td.colSpan = ncols;
       var t = document.createElement('table');
       t.className = 'fields';
-      fields(+r.getAttribute('data-i')).forEach(function (kv) {
+      fields(r).forEach(function (kv) {
         var tr = document.createElement('tr');
         var th = document.createElement('th');
         var v = document.createElement('td');

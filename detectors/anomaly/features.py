@@ -1,0 +1,274 @@
+"""What the baseline and the model read from a message, and the per-pair time-window features.
+
+A *pair* is (client address, server address, protocol, server port): one HMI polling one PLC, one MQTT client and
+its broker. Windows are aligned on multiples of the window length in capture time, so training and scoring cut
+the same windows out of the same capture.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from sensor.messages import Message
+
+# Bump when a feature is added, removed, reordered or computed differently: models of another schema are refused.
+SCHEMA_VERSION = 1
+FEATURES: tuple[tuple[str, str], ...] = (
+    ("requests", "requests in the window, log(1+n)"),
+    ("write_fraction", "share of requests that write (Modbus write FCs, S7 write/download/control, MQTT publish)"),
+    ("diagnostic_fraction", "share of requests that are diagnostics, identification or other non read/write"),
+    ("exception_ratio", "exception or error responses per response"),
+    ("distinct_functions", "distinct function codes / S7 functions / MQTT packet types requested"),
+    ("iat_mean", "mean inter-arrival of requests in seconds, log(1+s)"),
+    ("iat_cv", "coefficient of variation of the request inter-arrival"),
+    ("distinct_addresses", "distinct start addresses / S7 areas+DBs / MQTT topics"),
+    ("value_change_rate", "share of read values that changed since the previous read of the same address"),
+    ("write_value_delta", "mean |change| of written register values against the previous write, log(1+x)"),
+    ("bytes", "application bytes in both directions, log(1+n)"),
+    ("mean_size", "application bytes per message"),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in FEATURES)
+
+# Derived intent per protocol (the decoders' ``access``): what counts as a write.
+S7_WRITE_ACCESS = {"write", "download", "control", "program", "security"}
+MQTT_PUBLISH, MQTT_SUBSCRIBE = 3, 8
+
+Pair = tuple[str, str, str, int]  # client ip, server ip, protocol, server port
+
+
+def pair_of(m: Message) -> Pair:
+    f = m.flow
+    return (f.client_ip, f.server_ip, m.protocol, f.server_port)
+
+
+def pair_str(p: Pair) -> str:
+    return f"{p[0]}>{p[1]}:{p[3]}/{p[2]}"
+
+
+def is_request(m: Message) -> bool:
+    """Sent by the client side as a request (Modbus request, S7 job/userdata, any MQTT client packet)."""
+    if m.protocol == "mqtt":
+        return m.from_client
+    return bool(m.fields.get("is_request"))
+
+
+def action_of(m: Message) -> int | str | None:
+    """The function code (Modbus), function (S7) or packet type (MQTT) of a message."""
+    f = m.fields
+    if m.protocol == "modbus":
+        return f.get("function_code")
+    if m.protocol == "s7comm":
+        fn = f.get("function")
+        if fn is None and f.get("function_group") is not None:
+            return f"userdata {f.get('function_group')}/{f.get('subfunction')}"
+        if fn is None and f.get("cotp_pdu_type") is not None:
+            return f"cotp {f['cotp_pdu_type']}"
+        return fn
+    return f.get("msgtype")
+
+
+def access_of(m: Message) -> str:
+    """read | write | other, derived once so the window features and the baseline agree."""
+    f = m.fields
+    if m.protocol == "modbus":
+        a = f.get("access")
+        return "write" if a in ("write", "read_write") else "read" if a == "read" else "other"
+    if m.protocol == "s7comm":
+        a = f.get("access")
+        return "write" if a in S7_WRITE_ACCESS else "read" if a == "read" else "other"
+    t = f.get("msgtype")
+    return "write" if t == MQTT_PUBLISH else "read" if t == MQTT_SUBSCRIBE else "other"
+
+
+def is_error(m: Message) -> bool:
+    f = m.fields
+    return bool(f.get("is_exception") or f.get("is_error") or f.get("error_class"))
+
+
+def address_of(m: Message) -> Any:
+    f = m.fields
+    if m.protocol == "modbus":
+        return f.get("reference_number")
+    if m.protocol == "s7comm":
+        area = f.get("area")
+        if isinstance(area, list):
+            return tuple(zip(area, f.get("db_number") or [0] * len(area), f.get("address") or [0] * len(area), strict=False))
+        return None
+    return f.get("topic")
+
+
+def size_of(m: Message) -> int:
+    f = m.fields
+    if m.protocol == "s7comm":
+        return (f.get("parameter_length") or 0) + (f.get("data_length") or 0)
+    n = f.get("length") if m.protocol == "modbus" else f.get("len")
+    return n if isinstance(n, int) else 0
+
+
+@dataclass(slots=True)
+class Window:
+    """One pair's activity in one window."""
+
+    requests: int = 0
+    responses: int = 0
+    writes: int = 0
+    diagnostics: int = 0
+    errors: int = 0
+    functions: set[Any] = field(default_factory=set)
+    addresses: set[Any] = field(default_factory=set)
+    last_req_ts: int = 0
+    gaps: int = 0
+    gap_sum: float = 0.0
+    gap_sq: float = 0.0
+    values_read: int = 0
+    values_changed: int = 0
+    writes_with_delta: int = 0
+    delta_sum: float = 0.0
+    bytes: int = 0
+    messages: int = 0
+    # request signature -> timestamps (ns) of its requests, for polling periods
+    signatures: dict[Any, list[int]] = field(default_factory=dict)
+
+    def vector(self, seconds: float) -> list[float]:
+        """The feature vector in FEATURE_NAMES order."""
+        r = self.requests
+        if self.gaps:
+            mean = self.gap_sum / self.gaps
+            var = max(self.gap_sq / self.gaps - mean * mean, 0.0)
+            cv = math.sqrt(var) / mean if mean > 0 else 0.0
+        else:
+            mean, cv = seconds, 0.0
+        return [
+            math.log1p(r),
+            self.writes / r if r else 0.0,
+            self.diagnostics / r if r else 0.0,
+            self.errors / self.responses if self.responses else 0.0,
+            float(len(self.functions)),
+            math.log1p(mean),
+            cv,
+            float(len(self.addresses)),
+            self.values_changed / self.values_read if self.values_read else 0.0,
+            math.log1p(self.delta_sum / self.writes_with_delta) if self.writes_with_delta else 0.0,
+            math.log1p(self.bytes),
+            self.bytes / self.messages if self.messages else 0.0,
+        ]
+
+
+MAX_SIGNATURES_PER_WINDOW = 64
+MAX_VALUE_MEMORY = 100_000  # remembered (pair, unit, table, address) -> last value entries
+
+
+class WindowTracker:
+    """Cuts messages into per-pair windows and keeps the cross-window memory the features need (bounded)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.width = int(seconds * 1e9)
+        self.start: int | None = None  # start of the current window, ns
+        self.windows: dict[Pair, Window] = {}
+        self.last_values: dict[Any, int] = {}  # (pair, unit, table, address) -> last value read or written
+        self.evicted = 0
+
+    def due(self, ts: int) -> bool:
+        return self.start is not None and ts >= self.start + self.width
+
+    def close(self) -> tuple[int, dict[Pair, Window]]:
+        """Hand over the current window's start and per-pair activity and begin the next (empty) window."""
+        assert self.start is not None
+        out = (self.start, self.windows)
+        self.start += self.width
+        self.windows = {}
+        return out
+
+    def advance_to(self, ts: int) -> None:
+        """Skip whole empty windows so the current window contains ``ts``."""
+        if self.start is None:
+            self.start = ts - ts % self.width
+        elif ts >= self.start + self.width:
+            self.start += (ts - self.start) // self.width * self.width
+
+    def _remember(self, key: Any, value: int) -> int | None:
+        lv = self.last_values
+        old = lv.get(key)
+        if old is None and len(lv) >= MAX_VALUE_MEMORY:
+            lv.pop(next(iter(lv)))
+            self.evicted += 1
+        lv[key] = value
+        return old
+
+    def add(self, m: Message, pair: Pair) -> None:
+        w = self.windows.get(pair)
+        if w is None:
+            w = self.windows[pair] = Window()
+        f = m.fields
+        w.messages += 1
+        w.bytes += size_of(m)
+        if is_request(m):
+            w.requests += 1
+            act = action_of(m)
+            w.functions.add(act)
+            acc = access_of(m)
+            if acc == "write":
+                w.writes += 1
+            elif acc == "other":
+                w.diagnostics += 1
+            addr = address_of(m)
+            if addr is not None:
+                w.addresses.add(addr)
+            if w.last_req_ts:
+                g = (m.ts - w.last_req_ts) / 1e9
+                w.gaps += 1
+                w.gap_sum += g
+                w.gap_sq += g * g
+            w.last_req_ts = m.ts
+            sig = signature(m, act, addr)
+            lst = w.signatures.get(sig)
+            if lst is None:
+                if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
+                    w.signatures[sig] = [m.ts]
+            else:
+                lst.append(m.ts)
+            if m.protocol == "modbus" and acc == "write":
+                vals = f.get("values")
+                ref = f.get("reference_number")
+                if vals and ref is not None and f.get("table") == "holding_registers":
+                    unit = f.get("unit_id")
+                    for i, v in enumerate(vals[:16]):
+                        old = self._remember((pair, unit, "holding_registers", ref + i), v)
+                        if old is not None:
+                            w.writes_with_delta += 1
+                            w.delta_sum += abs(v - old)
+        else:
+            w.responses += 1
+            if is_error(m):
+                w.errors += 1
+            if m.protocol == "modbus" and f.get("access") == "read":
+                vals = f.get("values")
+                ref = f.get("request_reference_number")
+                if vals and ref is not None:
+                    unit, table = f.get("unit_id"), f.get("table")
+                    for i, v in enumerate(vals[:32]):
+                        old = self._remember((pair, unit, table, ref + i), v)
+                        if old is not None:
+                            w.values_read += 1
+                            if old != v:
+                                w.values_changed += 1
+
+
+def signature(m: Message, act: Any, addr: Any) -> tuple[Any, ...]:
+    """What makes two requests 'the same poll': unit, function, address and quantity (or the MQTT topic)."""
+    f = m.fields
+    if m.protocol == "modbus":
+        return (f.get("unit_id"), act, addr, f.get("quantity"))
+    return (act, addr)
+
+
+def signature_str(sig: tuple[Any, ...], protocol: str) -> str:
+    if protocol == "modbus":
+        unit, fc, ref, qty = sig
+        return f"FC {fc} unit {unit} address {ref} quantity {qty}"
+    if protocol == "mqtt":
+        return f"packet type {sig[0]} topic {sig[1]}"
+    return f"function {sig[0]} {sig[1]}"

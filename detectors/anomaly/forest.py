@@ -1,0 +1,162 @@
+"""IsolationForest trained by scikit-learn, stored as plain arrays and scored with numpy.
+
+Why not pickle/joblib: a model file is input to the sensor, and unpickling runs code chosen by whoever wrote the
+file. The fitted trees are only arrays (split feature, threshold, children, and the path length each leaf adds),
+so they are saved in an ``.npz`` read with ``allow_pickle=False`` and scored here exactly as scikit-learn's
+``IsolationForest.score_samples`` does (checked by tests/test_anomaly_model.py). Scoring then does not depend on
+the installed scikit-learn version; training does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+EULER = 0.5772156649015329
+
+
+def average_path_length(n: np.ndarray | float) -> np.ndarray:
+    """c(n): mean path length of an unsuccessful BST search among n points (Liu et al. 2008), as scikit-learn."""
+    n = np.asarray(n, dtype=np.float64)
+    out = np.zeros_like(n)
+    two = n == 2
+    big = n > 2
+    out[two] = 1.0
+    out[big] = 2.0 * (np.log(n[big] - 1.0) + EULER) - 2.0 * (n[big] - 1.0) / n[big]
+    return out
+
+
+@dataclass
+class Forest:
+    """All trees of one IsolationForest in flat arrays; ``roots[i]`` is tree i's first node."""
+
+    feature: np.ndarray  # int32, -1 on leaves
+    threshold: np.ndarray  # float64
+    left: np.ndarray  # int32, absolute node index
+    right: np.ndarray  # int32
+    leaf_depth: np.ndarray  # float64: depth + c(samples in leaf), only meaningful on leaves
+    roots: np.ndarray  # int32
+    max_samples: int
+
+    @classmethod
+    def fit(cls, x: np.ndarray, seed: int, n_estimators: int = 100) -> Forest:
+        from sklearn.ensemble import IsolationForest
+
+        model = IsolationForest(n_estimators=n_estimators, max_samples=min(256, len(x)), random_state=seed)
+        model.fit(x)
+        return cls.from_sklearn(model)
+
+    @classmethod
+    def from_sklearn(cls, model: object) -> Forest:
+        feats, ths, lefts, rights, depths, roots = [], [], [], [], [], []
+        base = 0
+        for est, cols in zip(model.estimators_, model.estimators_features_, strict=True):  # type: ignore[attr-defined]
+            t = est.tree_
+            n = t.node_count
+            cl, cr = t.children_left, t.children_right
+            depth = np.zeros(n)
+            for i in range(n):  # nodes are numbered parents first
+                if cl[i] != -1:
+                    depth[cl[i]] = depth[cr[i]] = depth[i] + 1
+            leaf = cl == -1
+            feats.append(np.where(leaf, -1, np.asarray(cols)[np.maximum(t.feature, 0)]).astype(np.int32))
+            ths.append(t.threshold.astype(np.float64))
+            lefts.append(np.where(leaf, -1, cl + base).astype(np.int32))
+            rights.append(np.where(leaf, -1, cr + base).astype(np.int32))
+            depths.append(depth + average_path_length(t.n_node_samples.astype(np.float64)))
+            roots.append(base)
+            base += n
+        return cls(
+            np.concatenate(feats), np.concatenate(ths), np.concatenate(lefts), np.concatenate(rights),
+            np.concatenate(depths), np.asarray(roots, dtype=np.int32), int(model.max_samples_),  # type: ignore[attr-defined]
+        )  # fmt: skip
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Anomaly score in (0, 1) per row: 2^(-E[h(x)]/c(max_samples)); higher is more anomalous (about 0.5 is
+        ordinary). This is minus scikit-learn's ``score_samples``."""
+        x = np.asarray(x, dtype=np.float32)  # scikit-learn's trees compare float32 inputs
+        n = len(x)
+        rows = np.arange(n)
+        total = np.zeros(n)
+        for root in self.roots:
+            node = np.full(n, root, dtype=np.int64)
+            while True:
+                f = self.feature[node]
+                inner = f >= 0
+                if not inner.any():
+                    break
+                idx = np.nonzero(inner)[0]
+                go_left = x[rows[idx], f[idx]] <= self.threshold[node[idx]]
+                node[idx] = np.where(go_left, self.left[node[idx]], self.right[node[idx]])
+            total += self.leaf_depth[node]
+        mean = total / len(self.roots)
+        return np.power(2.0, -mean / float(average_path_length(np.array([self.max_samples]))[0]))
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}feature": self.feature, f"{prefix}threshold": self.threshold, f"{prefix}left": self.left,
+            f"{prefix}right": self.right, f"{prefix}leaf_depth": self.leaf_depth, f"{prefix}roots": self.roots,
+            f"{prefix}max_samples": np.asarray([self.max_samples], dtype=np.int64),
+        }  # fmt: skip
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray], prefix: str, n_features: int) -> Forest:
+        f = cls(
+            a[f"{prefix}feature"].astype(np.int32), a[f"{prefix}threshold"].astype(np.float64),
+            a[f"{prefix}left"].astype(np.int32), a[f"{prefix}right"].astype(np.int32),
+            a[f"{prefix}leaf_depth"].astype(np.float64), a[f"{prefix}roots"].astype(np.int32),
+            int(a[f"{prefix}max_samples"][0]),
+        )  # fmt: skip
+        f.validate(n_features)
+        return f
+
+    def validate(self, n_features: int) -> None:
+        """Refuse arrays that would index out of range (a damaged or hand-edited file)."""
+        n = len(self.feature)
+        if not (len(self.threshold) == len(self.left) == len(self.right) == len(self.leaf_depth) == n) or n == 0:
+            raise ValueError("tree arrays of different lengths")
+        inner = self.feature >= 0
+        if (self.feature >= n_features).any():
+            raise ValueError("split feature outside the feature schema")
+        for arr in (self.left, self.right):
+            if ((arr[inner] < 0) | (arr[inner] >= n)).any():
+                raise ValueError("child index out of range")
+        if ((self.roots < 0) | (self.roots >= n)).any() or self.max_samples < 1:
+            raise ValueError("bad roots or max_samples")
+        # children always come after their parent, so traversal ends
+        idx = np.nonzero(inner)[0]
+        if ((self.left[idx] <= idx) | (self.right[idx] <= idx)).any():
+            raise ValueError("child before parent")
+
+
+def tail_threshold(scores: np.ndarray, rate: float) -> float:
+    """The score exceeded with probability ``rate`` per window.
+
+    The empirical quantile when the sample holds at least 10 expected exceedances; else peaks over threshold: a
+    generalized Pareto distribution fitted (scipy) to the excesses over the 95th percentile and extrapolated to
+    ``rate``. Scores are bounded by 1, so the fitted shape is normally negative (a bounded tail); when it is not,
+    the estimate is capped halfway between the largest training score and 1, so the model can still fire.
+    """
+    from scipy.stats import genpareto
+
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    n = len(s)
+    if n == 0:
+        return 1.0
+    if rate * n >= 10:
+        return float(np.quantile(s, 1.0 - rate))
+    top = float(s[-1])
+    cap = (top + 1.0) / 2
+    u = float(np.quantile(s, 0.95))
+    exc = s[s > u] - u
+    p_u = len(exc) / n
+    if len(exc) < 5 or rate >= p_u:
+        return min(max(u, top), cap)
+    shape, _, scale = genpareto.fit(exc, floc=0)
+    if abs(shape) < 1e-6:
+        q = u + scale * math.log(p_u / rate)
+    else:
+        q = u + scale / shape * ((p_u / rate) ** shape - 1.0)
+    return float(min(max(q, top), cap))

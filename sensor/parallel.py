@@ -1,0 +1,620 @@
+"""Multi-process replay (issue 10): flows sharded over worker processes, documents identical to one process.
+
+How the output stays byte for byte the same as ``Pipeline.run`` in one process:
+
+- Every worker reads and frame-decodes every record (cheap; the common Ethernet/IPv4/TCP case is sharded straight
+  from the raw bytes without building a ``Segment``) and keeps the packets whose flow hashes to it. The hash is
+  symmetric in the endpoints and stable across processes (integer arithmetic, never the salted ``hash()``), and is
+  taken after IP reassembly, so fragments of one datagram go where the datagram goes.
+- Every worker advances capture time on every record that decodes to a segment, exactly as
+  ``FlowTable.process`` does, so idle sweeps, ticks and the end-of-capture close happen at the same records.
+- Each emitted document gets a sort key ``(record index * 4 + phase, flow creation index)``. Phase: 0 detector
+  tick, 1 idle sweep, 2 the record's own flow, 3 end of capture. One process sweeps and closes flows in creation
+  order (flow table insertion order, ``flow_id`` order); a worker does the same for its flows, so the creation
+  record index of the flow is the tie-break across workers. Within one worker the stream is already in order and
+  the parent's merge is a stable sort, so no per-document sequence number is needed.
+- The parent merges the per-worker streams by key as they arrive (bounded buffers: a worker far ahead is not read,
+  its pipe fills and it waits), and writes the sinks.
+- Detectors (the rule engine: threshold rules count across flows, so they cannot run sharded) run once, in the
+  parent, on the merged stream of the messages they could match; each worker ships only those (the rule
+  engine's own index and predicates decide; an unknown detector gets every message), plus worker 0's ticks. A
+  message that matches no rule leaves the engine's state unchanged, so the alerts are those of one process.
+
+Known difference: when the flow-table cap is hit (stats ``tcp.evicted_cap`` > 0) each worker evicts from its own
+table, so which flows are evicted can differ from one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import multiprocessing as mp
+import pickle
+import struct
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import Connection, wait
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import orjson
+
+from sensor.config import Config
+from sensor.frames import Segment
+from sensor.messages import Alert, Anomaly, FlowInfo, Message, PacketRef
+from sensor.outputs.base import Document
+from sensor.outputs.ecs import Observer
+from sensor.pipeline import BATCH, TICK_NS, Outputs, Pipeline
+from sensor.source import CaptureError, Record, SourceReport, read_captures
+
+Msg = Message | Anomaly
+END = 1 << 50  # record index of the end-of-capture phase: after every real record
+PH_TICK, PH_SWEEP, PH_OWN, PH_END = 0, 1, 2, 3
+WATERMARK_EVERY = 0xFFFF  # a worker reports progress at least every 64k records, even with nothing to send
+MAX_AHEAD = 4 * BATCH  # documents buffered per worker in the parent before it stops reading that worker
+PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_K = 0x9E3779B97F4A7C15  # Fibonacci hashing multiplier
+_M64 = (1 << 64) - 1
+_TCP_BIT = 6 << 48
+_TCP = struct.Struct("!HHIIBBH")  # as sensor.frames
+_HDR = struct.Struct("<BqqqqqQ")  # kind, watermark, documents, blob bytes, detector bytes, packets, bytes
+DATA, DONE, FAILED = 0, 1, 2
+_NL = orjson.OPT_APPEND_NEWLINE
+
+
+class ParallelError(Exception):
+    """A worker failed; the message says which and why."""
+
+
+def shard_of(src: bytes, dst: bytes, sport: int, dport: int, proto: int, n: int) -> int:
+    """Worker index of a flow: symmetric in the two endpoints, the same in every process."""
+    x = ((int.from_bytes(src, "big") ^ int.from_bytes(dst, "big")) << 16 | (sport ^ dport)) ^ (proto << 48)
+    if x > _M64:  # IPv6: fold the high bits in
+        x = (x ^ (x >> 64) ^ (x >> 128)) & _M64
+    return (((x * _K) & _M64) >> 32) % n
+
+
+def segment_shard(seg: Segment, n: int) -> int:
+    return shard_of(seg.src, seg.dst, seg.sport, seg.dport, seg.proto, n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the parent's detectors need to see
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _rule_engine_test(d: Any) -> Callable[[Msg], bool] | None:
+    """Could message m change the rule engine's state? Mirrors RuleEngine.on_message's index lookup.
+
+    Uses ``could_match`` when the engine offers it; else its index and compiled predicates; None when neither
+    is there (then every message is shipped: correct, only slower).
+    """
+    cm = getattr(d, "could_match", None)
+    if callable(cm):
+        return cm
+    try:
+        from detectors.rules import RuleEngine
+    except ImportError:  # pragma: no cover - detectors ship with the sensor
+        return None
+    if not isinstance(d, RuleEngine) or not all(hasattr(d, a) for a in ("_msg", "_anom", "_anom_any")):
+        return None
+    msg_index, anom_index, anom_any = d._msg, d._anom, d._anom_any
+
+    def test(m: Msg) -> bool:
+        try:
+            if type(m) is Message:
+                node: Any = msg_index.get(m.protocol)
+                if node is None:
+                    return False
+                f = m.fields
+                while type(node) is list:  # index tree: [field, {value: subtree}, default subtree]
+                    field, by_value, default = node
+                    node = by_value.get(f.get(field), default)
+            else:
+                node = anom_index.get(m.protocol, anom_any)
+                while type(node) is list:
+                    node = node[1].get(m.name, node[2])
+            return bool(node) and any(c.pred is None or c.pred(m) for c in node)
+        except Exception:  # the engine's layout changed under us: ship, which is always correct
+            return True
+
+    return test
+
+
+def detector_filter(detectors: Iterable[Any]) -> Callable[[Msg], bool] | None:
+    """A test of which messages the parent's detectors must see; None when there are no detectors."""
+    tests: list[Callable[[Msg], bool]] = []
+    for d in detectors:
+        t = _rule_engine_test(d)
+        if t is None:
+            return lambda m: True
+        tests.append(t)
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    return lambda m: any(t(m) for t in tests)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Worker
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _LineSink:
+    """The worker's only event sink: NDJSON lines (the bytes NdjsonSink would write), kept for the next send."""
+
+    accepts_json = True
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def open(self) -> None:
+        pass
+
+    def write(self, batch: list[Any]) -> None:
+        dumps = orjson.dumps
+        self.lines += [d if type(d) is bytes else dumps(d, option=_NL) for d in batch]
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ShardPipeline(Pipeline):
+    """One worker's pipeline: every record advances time, only this shard's flows are processed."""
+
+    def __init__(
+        self, config: Config, observer: Observer | None, index: int, n: int, conn: Connection | None,
+        events: bool, ship: Callable[[Msg], bool] | None, ticks: bool,
+    ) -> None:  # fmt: skip
+        self.sink = _LineSink()
+        super().__init__(config, Outputs(events=[self.sink] if events else []), detectors=(), observer=observer)
+        self.index, self.n, self.conn = index, n, conn
+        self.ship, self.ticks = ship, ticks
+        self.created = [0]  # flow_id -> index of the record that created the flow
+        self.hi = 0  # record index * 4 + phase of what is being processed
+        self.own = True
+        self.keys_hi: list[int] = []
+        self.keys_c: list[int] = []
+        self.det: list[tuple[int, int, Any]] = []
+        self.sent: list[bytes] = []  # batches, when there is no connection (tests)
+        self.progress = (0, 0)
+        self.flow_copies: dict[int, FlowInfo] = {}
+        self.failure: Exception | None = None
+
+    def _created_at(self, flow_id: int) -> int:
+        """Index of the record that created a flow (this record when the flow is being created now)."""
+        created = self.created
+        return created[flow_id] if flow_id < len(created) else self.hi >> 2
+
+    def _portable(self, m: Msg) -> Msg:
+        """A copy of m for the parent: no packet bytes, and as flow id the flow's creation record index, unique
+        across workers, so per-flow aggregation and the mapper's per-flow cache stay per flow."""
+        p = m.packet
+        flow = m.flow
+        if flow is not None:
+            fid = flow.flow_id
+            flow = self.flow_copies.get(fid)
+            if flow is None:
+                if len(self.flow_copies) > 65536:
+                    self.flow_copies.clear()
+                flow = self.flow_copies[fid] = dataclasses.replace(m.flow, flow_id=self._created_at(fid))  # type: ignore[arg-type]
+        return dataclasses.replace(m, flow=flow, packet=PacketRef(p.file, p.frame, p.offset))  # type: ignore[arg-type]
+
+    def _on_message(self, m: Msg) -> None:
+        try:
+            c = 0 if self.own or m.flow is None else self._created_at(m.flow.flow_id)
+            if self.outputs.events:
+                self.keys_hi.append(self.hi)
+                self.keys_c.append(c)
+            ship = self.ship
+            if ship is not None and ship(m):
+                self.det.append((self.hi, c, self._portable(m)))
+        except Exception as e:  # the flow table would count it as a decoder exception: fail the worker instead
+            self.failure = self.failure or e
+        super()._on_message(m)
+        if len(self.sink.lines) >= BATCH:
+            self.send(self.hi >> 2)
+
+    def send(self, watermark: int, kind: int = DATA) -> None:
+        """Ship what is buffered; every document of a record before ``watermark`` has been shipped."""
+        if self.failure is not None:
+            raise self.failure
+        lines, self.sink.lines = self.sink.lines, []
+        n = len(lines)
+        hi, c = self.keys_hi[:n], self.keys_c[:n]
+        del self.keys_hi[:n], self.keys_c[:n]
+        det, self.det = self.det, []
+        blob = b"".join(lines)
+        dpk = pickle.dumps(det, pickle.HIGHEST_PROTOCOL) if det else b""
+        head = _HDR.pack(kind, watermark, n, len(blob), len(dpk), *self.progress)
+        buf = b"".join((head, np.array(hi, np.int64).tobytes(), np.array(c, np.int64).tobytes(), blob, dpk))
+        if self.conn is not None:
+            self.conn.send_bytes(buf)
+        else:
+            self.sent.append(buf)
+
+    def _sweep(self, ts: int, rec: Record, r: int) -> None:
+        """The idle sweep FlowTable.process would run at this record (every worker runs it at the same records)."""
+        self.hi = (r << 2) | PH_SWEEP
+        self.own = False
+        self.flows.sweep(ts, rec)
+
+    def run_shard(self, records: Iterable[Record]) -> None:
+        """Pipeline.run for one shard."""
+        decode = self.frames.decode
+        unpack_tcp = _TCP.unpack_from
+        flows = self.flows
+        process = flows.process
+        sweep_ns = flows.sweep_ns
+        created = self.created
+        me, n = self.index, self.n
+        c = self.counters
+        packets = c.packets
+        nbytes = c.bytes
+        rec: Record | None = None
+        r = 0
+        for rec in records:
+            r += 1
+            if not r & WATERMARK_EVERY:
+                self._flush_events()
+                self.progress = (packets, nbytes)
+                self.send(r)
+            packets += 1
+            data = rec.data
+            nbytes += len(data)
+            ts = rec.ts
+            if ts >= self._next_tick:
+                if c.first_ts is None:
+                    c.first_ts = ts
+                c.packets, c.bytes = packets, nbytes
+                self._next_tick = ts + TICK_NS
+                if self.ticks:
+                    self.det.append((r << 2, 0, ts))
+            # Ethernet, IPv4 without options, not a fragment, TCP with sane lengths: a Segment for any decoder,
+            # built here as FrameDecoder's fast path builds it, and sharded without building it when not ours.
+            if (
+                rec.linktype == 1 and len(data) >= 54 and data[12:15] == b"\x08\x00\x45" and data[23] == 6
+                and not data[20] & 0x3F and not data[21] and (hl := (data[46] >> 4) * 4) >= 20
+                and 34 + hl <= (end := 14 + ((data[16] << 8) | data[17])) <= len(data)
+            ):  # fmt: skip
+                ips = int.from_bytes(data[26:34], "big")
+                x = (((ips >> 32) ^ (ips & 0xFFFFFFFF)) << 16 | ((data[34] ^ data[36]) << 8) | (data[35] ^ data[37])) ^ _TCP_BIT
+                if (((x * _K) & _M64) >> 32) % n != me:
+                    if ts > flows.now:
+                        flows.now = ts
+                        if ts - flows.last_sweep > sweep_ns:
+                            self._sweep(ts, rec, r)
+                    continue
+                sport, dport, seq, ack, _off, flags, _win = unpack_tcp(data, 34)
+                seg = Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + hl : end])
+            else:
+                seg = decode(ts, rec.linktype, data)
+                if seg is None:
+                    continue
+                if segment_shard(seg, n) != me:
+                    if ts > flows.now:
+                        flows.now = ts
+                        if ts - flows.last_sweep > sweep_ns:
+                            self._sweep(ts, rec, r)
+                    continue
+            if ts > flows.now:  # FlowTable.process's own first step, done here so sweeps get their phase
+                flows.now = ts
+                if ts - flows.last_sweep > sweep_ns:
+                    self._sweep(ts, rec, r)
+            self.hi = (r << 2) | PH_OWN
+            self.own = True
+            process(seg, rec)
+            while flows.next_id >= len(created):
+                created.append(r)
+        c.packets, c.bytes = packets, nbytes
+        self.progress = (packets, nbytes)
+        if rec is not None:
+            c.last_ts = max(c.last_ts or 0, rec.ts)
+            if c.first_ts is None:
+                c.first_ts = rec.ts
+            self._last_packet = rec
+
+    def finish(self) -> dict[str, Any]:
+        """End of capture: close every flow (phase END), ship the rest; the shard's stats."""
+        self.hi = (END << 2) | PH_END
+        self.own = False
+        stats = self.close()
+        self.send(END + 1)
+        return stats
+
+
+def _work(
+    index: int, n: int, files: list[str], config: Config, observer: Observer | None, events: bool,
+    ship: Callable[[Msg], bool] | None, ticks: bool, conn: Connection,
+) -> None:  # fmt: skip
+    """Worker process body: replay one shard, stream its documents to the parent, then its stats."""
+    try:
+        report = SourceReport()
+        p = ShardPipeline(config, observer, index, n, conn, events, ship, ticks)
+        p.open()
+        p.run_shard(read_captures(files, report))
+        stats = p.finish()
+        done = {
+            "stats": stats, "last_ts": p.counters.last_ts, "files": report.files, "problems": report.problems,
+            "records": report.records, "bytes": report.bytes,
+        }  # fmt: skip
+        body = pickle.dumps(done, pickle.HIGHEST_PROTOCOL)
+        conn.send_bytes(_HDR.pack(DONE, END + 1, 0, 0, len(body), *p.progress) + body)
+    except BaseException as e:  # reported to the parent, which raises
+        kind = "capture" if isinstance(e, CaptureError) else "crash"
+        text = str(e) if kind == "capture" else traceback.format_exc()
+        body = pickle.dumps((kind, text))
+        with contextlib.suppress(OSError):
+            conn.send_bytes(_HDR.pack(FAILED, 0, 0, 0, len(body), 0, 0) + body)
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parent: merge
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Buffer:
+    """One worker's documents not yet released: keys (numpy) and lines, each in the worker's order."""
+
+    def __init__(self) -> None:
+        self.hi = np.empty(0, np.int64)
+        self.c = np.empty(0, np.int64)
+        self.lines: list[bytes] = []
+        self.det: list[tuple[int, int, Any]] = []
+        self.watermark = 0
+        self.done: dict[str, Any] | None = None
+        self.progress = (0, 0)
+
+    def add(self, buf: bytes) -> tuple[int, Any]:
+        kind, wm, n, blen, dlen, packets, nbytes = _HDR.unpack_from(buf, 0)
+        pos = _HDR.size
+        self.progress = (packets, nbytes)
+        if kind != DATA:
+            return kind, pickle.loads(buf[pos : pos + dlen])
+        if n:
+            hi = np.frombuffer(buf, np.int64, n, pos)
+            c = np.frombuffer(buf, np.int64, n, pos + 8 * n)
+            pos += 16 * n
+            lines = buf[pos : pos + blen].splitlines(keepends=True)
+            if len(lines) != n:
+                raise ParallelError(f"worker sent {len(lines)} lines for {n} documents")
+            self.hi = np.concatenate((self.hi, hi)) if len(self.hi) else hi
+            self.c = np.concatenate((self.c, c)) if len(self.c) else c
+            self.lines += lines
+            pos += blen
+        else:
+            pos += blen
+        if dlen:
+            self.det += pickle.loads(buf[pos : pos + dlen])
+        self.watermark = wm
+        return kind, None
+
+    def take(self, limit: int) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+        """Documents with key below ``limit``."""
+        k = int(np.searchsorted(self.hi, limit, "left")) if len(self.hi) else 0
+        hi, c, lines = self.hi[:k], self.c[:k], self.lines[:k]
+        self.hi, self.c = self.hi[k:], self.c[k:]
+        del self.lines[:k]
+        return hi, c, lines
+
+    def take_det(self, limit: int) -> list[tuple[int, int, Any]]:
+        k = 0
+        det = self.det
+        while k < len(det) and det[k][0] < limit:
+            k += 1
+        out = det[:k]
+        del det[:k]
+        return out
+
+
+class _Parent:
+    """Writes the merged streams to the sinks and runs the detectors on the merged message stream."""
+
+    def __init__(self, outputs: Outputs, detectors: list[Any], mapper: Any) -> None:
+        self.outputs = outputs
+        self.detectors = detectors
+        self.mapper = mapper
+        self.json_events = all(getattr(s, "accepts_json", False) for s in outputs.events)
+        self.alert_docs: list[Document] = []
+        self.alerts = 0
+        self.alerts_by_rule: dict[str, int] = {}
+
+    def events(self, lines: tuple[bytes, ...] | list[bytes]) -> None:
+        if not lines:
+            return
+        batch: list[Any] = list(lines) if self.json_events else [orjson.loads(x) for x in lines]
+        for s in self.outputs.events:
+            s.write(batch)
+
+    def detect(self, items: list[tuple[int, int, Any]]) -> None:
+        for _hi, _c, obj in items:
+            if type(obj) is int:  # a tick: capture time reached a new second
+                for d in self.detectors:
+                    for a in d.on_time(obj):
+                        self.alert(a)
+            else:
+                for d in self.detectors:
+                    for a in d.on_message(obj):
+                        self.alert(a)
+
+    def alert(self, a: Alert) -> None:
+        self.alerts += 1
+        self.alerts_by_rule[a.rule_id] = self.alerts_by_rule.get(a.rule_id, 0) + 1
+        if self.outputs.alerts:
+            self.alert_docs.append(self.mapper.alert(a))
+            if len(self.alert_docs) >= BATCH:
+                self.flush_alerts()
+
+    def flush_alerts(self) -> None:
+        batch, self.alert_docs = self.alert_docs, []
+        if batch:
+            for s in self.outputs.alerts:
+                s.write(batch)
+
+    def close_detectors(self) -> None:
+        for d in self.detectors:
+            for a in d.close():
+                self.alert(a)
+        self.flush_alerts()
+
+
+def _release(bufs: list[_Buffer], limit: int, parent: _Parent) -> None:
+    """Write, in key order, every buffered document whose record is before ``limit`` (a record index * 4)."""
+    parts = [b.take(limit) for b in bufs]
+    parts = [p for p in parts if len(p[2])]
+    if len(parts) == 1:
+        parent.events(parts[0][2])
+    elif parts:
+        hi = np.concatenate([p[0] for p in parts])
+        c = np.concatenate([p[1] for p in parts])
+        lines = [line for p in parts for line in p[2]]
+        order = np.lexsort((c, hi))  # stable: within one worker its own order is kept
+        parent.events(itemgetter(*order.tolist())(lines) if len(order) > 1 else lines)
+    if parent.detectors:
+        det = [item for b in bufs for item in b.take_det(limit)]
+        if det:
+            det.sort(key=lambda t: (t[0], t[1]))  # stable
+            parent.detect(det)
+
+
+_SAME_IN_EVERY_WORKER = ("packets", "bytes", "frames")  # every worker reads and frame-decodes every record
+_NOT_SUMMED = ("seconds", "packets_per_second", "alerts", "alerts_by_rule")
+
+
+def _sum(values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, bool) or not isinstance(first, int | float | dict):
+        return first
+    if isinstance(first, dict):
+        keys: dict[str, None] = {}
+        for v in values:
+            keys.update(dict.fromkeys(v))
+        out = {k: _sum([v[k] for v in values if k in v]) for k in keys}
+        if all(list(v) == sorted(v) for v in values):
+            out = dict(sorted(out.items()))
+        return out
+    return sum(values)
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stats of the whole replay from the workers' stats (seconds, rate and alerts are the caller's)."""
+    out: dict[str, Any] = {}
+    for key, v in parts[0].items():
+        if key in _SAME_IN_EVERY_WORKER or key in _NOT_SUMMED:
+            out[key] = v
+        else:
+            out[key] = _sum([p[key] for p in parts])
+    return out
+
+
+def _pipe_size(conn: Connection) -> None:
+    with contextlib.suppress(OSError):  # the default size works, with more context switches
+        fcntl.fcntl(conn.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+
+
+def replay_parallel(
+    config: Config, files: list[str], outputs: Outputs, detectors: Iterable[Any], observer: Observer | None,
+    workers: int, report: SourceReport,
+    progress: Callable[[], tuple[Callable[[int, int], None] | None, Any]] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Replay ``files`` with ``workers`` processes; writes ``outputs`` exactly as one Pipeline would.
+
+    ``progress`` starts a progress display (called after the workers are forked, so no thread is forked).
+    Raises CaptureError for unreadable captures and ParallelError when a worker fails.
+    """
+    detectors = list(detectors)
+    n = max(1, workers)
+    started = time.perf_counter()
+    ctx = mp.get_context("fork")  # detectors hold compiled closures; fork shares them and the loaded config
+    mapper = Pipeline(config, Outputs(), observer=observer).mapper  # the same mapping as one process
+    ship = detector_filter(detectors)
+    procs: list[Any] = []
+    conns: list[Connection] = []
+    prog = None
+    try:
+        for i in range(n):
+            recv, send = ctx.Pipe(duplex=False)
+            _pipe_size(send)
+            args = (i, n, files, config, observer, bool(outputs.events), ship, i == 0 and bool(detectors), send)
+            p = ctx.Process(target=_work, args=args, name=f"ics-sensor-worker-{i}", daemon=True)
+            p.start()
+            send.close()
+            procs.append(p)
+            conns.append(recv)
+        update = None
+        if progress is not None:
+            update, prog = progress()
+        for s in outputs.all():
+            s.open()
+        parent = _Parent(outputs, detectors, mapper)
+        done = _merge(conns, procs, parent, update)
+        parent.close_detectors()
+    finally:
+        if prog is not None:
+            prog.stop()
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    first = done[0]
+    total = merge_stats([d["stats"] for d in done])
+    secs = time.perf_counter() - started
+    total["alerts"] = parent.alerts
+    total["alerts_by_rule"] = dict(sorted(parent.alerts_by_rule.items()))
+    total["seconds"] = round(secs, 3)
+    total["packets_per_second"] = round(total["packets"] / secs) if secs > 0 else 0
+    report.files[:] = first["files"]
+    report.problems[:] = first["problems"]
+    report.records, report.bytes = first["records"], first["bytes"]
+    if outputs.stats:
+        doc = mapper.stats(first["last_ts"] or 0, total)
+        for s in outputs.stats:
+            s.write([doc])
+    for s in outputs.all():
+        s.close()
+    return total
+
+
+def _merge(
+    conns: list[Connection], procs: list[Any], parent: _Parent, update: Callable[[int, int], None] | None
+) -> list[dict[str, Any]]:
+    """Read every worker until it is done, releasing documents as soon as every worker has passed them."""
+    n = len(conns)
+    bufs = [_Buffer() for _ in range(n)]
+    live = set(range(n))
+    index = {id(c): i for i, c in enumerate(conns)}
+    while live:
+        low = min(bufs[i].watermark for i in live)
+        want = [conns[i] for i in live if bufs[i].watermark == low or len(bufs[i].lines) < MAX_AHEAD]
+        for conn in wait(want):
+            i = index[id(conn)]
+            try:
+                buf = conn.recv_bytes()  # type: ignore[union-attr]
+            except EOFError:
+                procs[i].join(5)
+                raise ParallelError(f"worker {i} ended without a result (exit code {procs[i].exitcode})") from None
+            kind, body = bufs[i].add(buf)
+            if kind == FAILED:
+                what, text = body
+                if what == "capture":
+                    raise CaptureError(text)
+                raise ParallelError(f"worker {i} failed:\n{text}")
+            if kind == DONE:
+                bufs[i].done = body
+                bufs[i].watermark = END + 1
+                live.discard(i)
+                conns[i].close()
+        if update is not None:
+            update(*bufs[0].progress)
+        _release(bufs, min((bufs[i].watermark for i in live), default=END + 1) << 2, parent)
+    return [b.done for b in bufs]  # type: ignore[misc]
