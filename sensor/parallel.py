@@ -26,6 +26,7 @@ table, so which flows are evicted can differ from one process.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import fcntl
@@ -36,7 +37,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,9 @@ _TCP = struct.Struct("!HHIIBBH")  # as sensor.frames
 _HDR = struct.Struct("<BqqqqqQ")  # kind, watermark, documents, blob bytes, detector bytes, packets, bytes
 DATA, DONE, FAILED = 0, 1, 2
 _NL = orjson.OPT_APPEND_NEWLINE
+_MSG_FIELDS = tuple(f.name for f in dataclasses.fields(Message))
+_msg_values = attrgetter(*_MSG_FIELDS)
+_FLOW_AT, _PACKET_AT = _MSG_FIELDS.index("flow"), _MSG_FIELDS.index("packet")
 
 
 class ParallelError(Exception):
@@ -194,7 +198,7 @@ class ShardPipeline(Pipeline):
         created = self.created
         return created[flow_id] if flow_id < len(created) else self.hi >> 2
 
-    def _portable(self, m: Msg) -> Msg:
+    def _portable(self, m: Msg) -> Any:
         """A copy of m for the parent: no packet bytes, and as flow id the flow's creation record index, unique
         across workers, so per-flow aggregation and the mapper's per-flow cache stay per flow."""
         p = m.packet
@@ -206,6 +210,11 @@ class ShardPipeline(Pipeline):
                 if len(self.flow_copies) > 65536:
                     self.flow_copies.clear()
                 flow = self.flow_copies[fid] = dataclasses.replace(m.flow, flow_id=self._created_at(fid))  # type: ignore[arg-type]
+        if type(m) is Message:  # a plain tuple: pickling a slots dataclass costs ten times as much
+            vals = list(_msg_values(m))
+            vals[_FLOW_AT] = flow
+            vals[_PACKET_AT] = (p.file, p.frame, p.offset)
+            return tuple(vals)  # type: ignore[return-value]
         return dataclasses.replace(m, flow=flow, packet=PacketRef(p.file, p.frame, p.offset))  # type: ignore[arg-type]
 
     def _on_message(self, m: Msg) -> None:
@@ -408,10 +417,8 @@ class _Buffer:
         return hi, c, lines
 
     def take_det(self, limit: int) -> list[tuple[int, int, Any]]:
-        k = 0
         det = self.det
-        while k < len(det) and det[k][0] < limit:
-            k += 1
+        k = bisect.bisect_left(det, limit, key=itemgetter(0))
         out = det[:k]
         del det[:k]
         return out
@@ -437,15 +444,20 @@ class _Parent:
             s.write(batch)
 
     def detect(self, items: list[tuple[int, int, Any]]) -> None:
+        detectors = self.detectors
         for _hi, _c, obj in items:
             if type(obj) is int:  # a tick: capture time reached a new second
-                for d in self.detectors:
+                for d in detectors:
                     for a in d.on_time(obj):
                         self.alert(a)
-            else:
-                for d in self.detectors:
-                    for a in d.on_message(obj):
-                        self.alert(a)
+                continue
+            if type(obj) is tuple:
+                vals = list(obj)
+                vals[_PACKET_AT] = PacketRef(*vals[_PACKET_AT])
+                obj = Message(*vals)
+            for d in detectors:
+                for a in d.on_message(obj):
+                    self.alert(a)
 
     def alert(self, a: Alert) -> None:
         self.alerts += 1
@@ -481,9 +493,12 @@ def _release(bufs: list[_Buffer], limit: int, parent: _Parent) -> None:
         order = np.lexsort((c, hi))  # stable: within one worker its own order is kept
         parent.events(itemgetter(*order.tolist())(lines) if len(order) > 1 else lines)
     if parent.detectors:
-        det = [item for b in bufs for item in b.take_det(limit)]
-        if det:
-            det.sort(key=lambda t: (t[0], t[1]))  # stable
+        dets = [d for d in (b.take_det(limit) for b in bufs) if d]
+        if len(dets) == 1:
+            parent.detect(dets[0])
+        elif dets:
+            det = [item for d in dets for item in d]
+            det.sort(key=itemgetter(0, 1))  # stable: within one worker its own order is kept
             parent.detect(det)
 
 

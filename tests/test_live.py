@@ -118,7 +118,16 @@ def test_live_plant_end_to_end(plant: Plant, tmp_path: Path) -> None:
         f"  mqtt_brokers: [{plant.addr['broker']}/32]\n"
     )
     events, alerts = tmp_path / "events.ndjson", tmp_path / "alerts.ndjson"
-    tx_before = _tx_packets(plant.bridge)
+    # The bridge has no address, but the kernel still sends its own IGMP reports for a second or two after
+    # ports join: wait until the TX counter settles, so that any later change can only be the sensor's.
+    tx_before, still = _tx_packets(plant.bridge), 0
+    for _ in range(40):
+        time.sleep(0.25)
+        now = _tx_packets(plant.bridge)
+        still = still + 1 if now == tx_before else 0
+        tx_before = now
+        if still >= 12:
+            break
     sensor = subprocess.Popen(
         [shutil.which("ics-sensor") or "ics-sensor", "live", "-i", plant.bridge, "--config", str(cfg),
          "--events", str(events), "--alerts", str(alerts), "--health-port", "0", "--stats-interval", "1"],

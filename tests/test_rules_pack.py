@@ -150,6 +150,27 @@ def test_mixed_modbus_capture(tmp_path: Path) -> None:
     assert flood["event"]["start"] <= flood["event"]["end"]
 
 
+S7_EXPECTED = {
+    "ICS-S7-0001": (ATTACKER, SERVER, "T0881"),
+    "ICS-S7-0002": (ATTACKER, SERVER, "T0816"),
+    "ICS-S7-0003": (ATTACKER, SERVER, "T0843"),
+    "ICS-S7-0004": (ATTACKER, SERVER, "T0845"),
+    "ICS-S7-0005": (ATTACKER, SERVER, "T0888"),
+    "ICS-S7-0006": (ATTACKER, SERVER, "T1692.001"),
+    "ICS-S7-0007": (ATTACKER, SERVER, "T0836"),
+    "ICS-S7-0008": (ATTACKER, SERVER, "T0859"),
+    "ICS-S7-0009": (ATTACKER, SERVER, "T0846"),
+}
+
+
+def test_mixed_s7comm_capture(tmp_path: Path) -> None:
+    capture = RULES / "tests" / "s7comm" / "mixed.pcap"
+    if not capture.exists():
+        pytest.skip("rules/tests/s7comm/mixed.pcap not generated yet (python pcaps/attacks.py --prefix s7comm)")
+    docs = _replay(tmp_path, [capture])
+    _check_mixed(docs, S7_EXPECTED, capture)
+
+
 def test_mixed_mqtt_capture(tmp_path: Path) -> None:
     capture = RULES / "tests" / "mqtt" / "mixed.pcap"
     docs = _replay(tmp_path, [capture])

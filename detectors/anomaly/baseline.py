@@ -429,6 +429,7 @@ class Baseline:
         out: list[Deviation] = []
         span = self.training_span()
         secs = self.window_seconds
+        seen: set[str] = set()
         for p, w in windows.items():
             pk = pair_str(p)
             s = self.pairs.get(pk)
@@ -461,6 +462,7 @@ class Baseline:
                 if lp is None or lp[0] < MIN_POLL_WINDOWS:
                     continue
                 n, lo, hi, med = lp
+                seen.add(k)
                 if not (period < lo * 0.75 or period > hi * 1.33):
                     self._poll_streak.pop(k, None)
                     continue
@@ -475,6 +477,8 @@ class Baseline:
                         {"signature": repr(sig), "period_s": round(period, 3), "learned_min_s": lo, "learned_max_s": hi},
                         learnable=False,
                     ))  # fmt: skip
+        for k in [k for k in self._poll_streak if k not in seen]:  # a streak is consecutive windows only
+            del self._poll_streak[k]
         return out
 
     # -- persistence -------------------------------------------------------------------------------------------
