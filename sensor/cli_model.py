@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from detectors.anomaly import AnomalyDetector, LearnOptions, Model, ModelError, Trainer
+from detectors.anomaly.model import ALGORITHMS
 from sensor.config import Config, ConfigError, load_config
 from sensor.messages import Alert
 from sensor.pipeline import Pipeline
@@ -40,12 +41,13 @@ def run_pipeline(config: Config, files: list[str], detectors: list[Any], on_aler
 
 
 def train_model(
-    config: Config, files: list[str], window: float = 60.0, false_alarms_per_day: float = 0.5, seed: int = 0
+    config: Config, files: list[str], window: float = 60.0, false_alarms_per_day: float = 0.5, seed: int = 0,
+    algorithm: str = "knn",
 ) -> tuple[Model, dict[str, Any]]:
     trainer = Trainer(window)
     stats = run_pipeline(config, files, [trainer])
     summary = {"captures": [Path(f).name for f in files], "packets": stats["packets"], "bytes": stats["bytes"]}
-    return trainer.model(false_alarms_per_day, seed, summary), stats
+    return trainer.model(false_alarms_per_day, seed, summary, algorithm), stats
 
 
 def load_model(path: str) -> Model:
@@ -85,13 +87,15 @@ def save_learned(detectors: Iterable[Any], learn_to: str | None) -> None:
 @click.option("--false-alarms-per-day", type=click.FloatRange(0.001, 1000), default=0.5, show_default=True,
               help="Model threshold: expected model alerts per day of traffic like the training data.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the forests.")
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="knn", show_default=True,
+              help="Window scorer: k-nearest-neighbour distance or isolation forest (see bench/eval_model.py).")  # fmt: skip
 def train(captures: tuple[str, ...], model_path: str, config_path: str | None, window: float,
-          false_alarms_per_day: float, seed: int) -> None:  # fmt: skip
+          false_alarms_per_day: float, seed: int, algorithm: str = "knn") -> None:  # fmt: skip
     """Learn normal behaviour from captures of normal traffic and write the model file."""
     try:
         config = load_config(config_path)
         files = expand_paths(list(captures))
-        model, stats = train_model(config, files, window, false_alarms_per_day, seed)
+        model, stats = train_model(config, files, window, false_alarms_per_day, seed, algorithm)
     except (ConfigError, CaptureError) as e:
         _fail(str(e))
         return
@@ -139,19 +143,19 @@ def score_attack(alerts: list[Alert], labels: list[dict[str, Any]], grace_ns: in
 
 
 def evaluate_dir(data: Path, config: Config, window: float = 60.0, fa_per_day: float = 0.5, seed: int = 0,
-                 echo: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+                 echo: Callable[[str], None] = print, algorithm: str = "knn") -> dict[str, Any]:  # fmt: skip
     """Train on data/train.pcap, score data/normal_test.pcap and every data/attack_*.pcap; print and return figures."""
     train_pcap, normal_pcap = data / "train.pcap", data / "normal_test.pcap"
-    attacks = sorted(data.glob("attack_*.pcap"))
+    attacks = sorted(p for p in data.glob("attack_*.pcap") if not p.name.endswith(".raw.pcap"))
     for p in (train_pcap, normal_pcap):
         if not p.exists():
             raise CaptureError(f"{p}: missing; generate the scenarios first (python bench/eval_model.py)")
     t0 = time.perf_counter()
-    model, tstats = train_model(config, [str(train_pcap)], window, fa_per_day, seed)
+    model, tstats = train_model(config, [str(train_pcap)], window, fa_per_day, seed, algorithm)
     train_s = time.perf_counter() - t0
     b = model.baseline
     echo(f"trained on {train_pcap.name}: {b.training_span()} of capture time, {tstats['packets']:,} packets, "
-         f"{len(model.groups)} forests, {train_s:.1f} s")  # fmt: skip
+         f"{len(model.groups)} {algorithm} groups, {train_s:.1f} s")  # fmt: skip
     result: dict[str, Any] = {"training": {"span_hours": (b.last_ns - b.first_ns) / 3.6e12, "packets": tstats["packets"],
                                            "seconds": round(train_s, 2), "forests": len(model.groups)}}  # fmt: skip
 
@@ -214,13 +218,14 @@ def _capture_hours(pcap: Path) -> float:
 @click.option("--window", type=click.FloatRange(1, 3600), default=60.0, show_default=True)
 @click.option("--false-alarms-per-day", type=click.FloatRange(0.001, 1000), default=0.5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="knn", show_default=True)
 @click.option("--json", "json_path", metavar="PATH", help="Write the figures as JSON too.")
 def evaluate(data_dir: str, config_path: str | None, window: float, false_alarms_per_day: float, seed: int,
-             json_path: str | None) -> None:  # fmt: skip
+             json_path: str | None, algorithm: str = "knn") -> None:  # fmt: skip
     """Train on the normal scenario capture, score held-out normal and attack captures, print the figures."""
     try:
         config = load_config(config_path)
-        result = evaluate_dir(Path(data_dir), config, window, false_alarms_per_day, seed, click.echo)
+        result = evaluate_dir(Path(data_dir), config, window, false_alarms_per_day, seed, click.echo, algorithm)
     except (ConfigError, CaptureError) as e:
         _fail(str(e))
         return

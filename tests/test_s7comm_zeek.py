@@ -61,7 +61,11 @@ def _zeek_row(m: Any) -> tuple:
         func = f.get("function")
         code, name = f"0x{func:02x}", ZEEK_FUNCTIONS[func]
         sub = (f["pi_service"], f["pi_service_name"]) if func == 0x28 and "pi_service" in f else ("-", "-")
-        err = ("-", "-") if f["rosctr"] == 1 else ("No error" if f["error_class"] == 0 else "?", f"0x{f['error_code']:02x}")
+        err = (
+            ("-", "-")
+            if f["rosctr"] == 1
+            else ("No error" if f["error_class"] == 0 else "?", f"0x{f['error_code']:02x}")
+        )
     return ("T" if m.from_client else "F", str(f["rosctr"]), ZEEK_ROSCTR[f["rosctr"]], str(ref), code, name, *sub, *err)
 
 
@@ -101,7 +105,9 @@ def test_snap7_read_szl_log_agrees(shared_pcaps: Path) -> None:
 def test_snap7_upload_download_log_agrees(shared_pcaps: Path) -> None:
     base = shared_pcaps / "icsnpp-s7comm"
     expected = zeek_log(base / "expected-snap7/s7comm_upload_download.log")
-    msgs = {swap16(m.fields["pdu_reference"]) * 2 + (not m.from_client): m.fields for m in _s7_messages(base / "snap7.pcap")}
+    msgs = {
+        swap16(m.fields["pdu_reference"]) * 2 + (not m.from_client): m.fields for m in _s7_messages(base / "snap7.pcap")
+    }
     checked = 0
     for r in expected:
         f = msgs[int(r["pdu_reference"]) * 2 + (r["is_orig"] == "F")]

@@ -132,6 +132,7 @@ class Baseline:
         self.pairs: dict[str, dict[str, float]] = {}  # pair -> {windows, max_requests, max_writes}
         self.polls: dict[str, list[float]] = {}  # pair|signature -> [windows, lo, hi, median]
         self._poll_samples: dict[str, list[float]] = {}  # training only: per-window mean periods
+        self._span: tuple[int, str] = (-1, "")
         self._poll_streak: dict[str, int] = {}  # scoring only: consecutive windows out of the learned period range
         self.evicted: dict[str, int] = {}
 
@@ -257,7 +258,10 @@ class Baseline:
 
     # -- scoring -----------------------------------------------------------------------------------------------
     def training_span(self) -> str:
-        return span_words(self.last_ns - self.first_ns)
+        span = self.last_ns - self.first_ns
+        if self._span[0] != span:
+            self._span = (span, span_words(span))
+        return self._span[1]
 
     def check_message(self, m: Message) -> list[Deviation]:
         p = pair_of(m)

@@ -99,11 +99,12 @@ class Trainer(_Windowed):
                 self.protocol_of[k] = p[2]
         return []
 
-    def model(self, false_alarms_per_day: float = 0.5, seed: int = 0, summary: dict[str, Any] | None = None) -> Model:
+    def model(self, false_alarms_per_day: float = 0.5, seed: int = 0, summary: dict[str, Any] | None = None,
+              algorithm: str = "knn") -> Model:  # fmt: skip
         self.baseline.finalize()
         b = self.baseline
         days = max((b.last_ns - b.first_ns) / 86_400e9, 1e-9)
-        groups = build_groups(self.rows, self.protocol_of, days, false_alarms_per_day, seed)
+        groups = build_groups(self.rows, self.protocol_of, days, false_alarms_per_day, seed, algorithm)
         s = dict(summary or {})
         s.update({
             "messages": dict(sorted(self.messages.items())), "pair_windows": {k: len(v) for k, v in sorted(self.rows.items())},

@@ -223,13 +223,14 @@ class WindowTracker:
                 w.gap_sum += g
                 w.gap_sq += g * g
             w.last_req_ts = m.ts
-            sig = signature(m, act, addr)
-            lst = w.signatures.get(sig)
-            if lst is None:
-                if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
-                    w.signatures[sig] = [m.ts]
-            else:
-                lst.append(m.ts)
+            if acc != "other":  # polls are reads and writes (MQTT publishes), not acks and pings
+                sig = signature(m, act, addr)
+                lst = w.signatures.get(sig)
+                if lst is None:
+                    if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
+                        w.signatures[sig] = [m.ts]
+                else:
+                    lst.append(m.ts)
             if m.protocol == "modbus" and acc == "write":
                 vals = f.get("values")
                 ref = f.get("reference_number")

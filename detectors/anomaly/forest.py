@@ -75,23 +75,19 @@ class Forest:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Anomaly score in (0, 1) per row: 2^(-E[h(x)]/c(max_samples)); higher is more anomalous (about 0.5 is
-        ordinary). This is minus scikit-learn's ``score_samples``."""
+        ordinary). This is minus scikit-learn's ``score_samples``. All trees descend together, one level a step."""
         x = np.asarray(x, dtype=np.float32)  # scikit-learn's trees compare float32 inputs
         n = len(x)
-        rows = np.arange(n)
-        total = np.zeros(n)
-        for root in self.roots:
-            node = np.full(n, root, dtype=np.int64)
-            while True:
-                f = self.feature[node]
-                inner = f >= 0
-                if not inner.any():
-                    break
-                idx = np.nonzero(inner)[0]
-                go_left = x[rows[idx], f[idx]] <= self.threshold[node[idx]]
-                node[idx] = np.where(go_left, self.left[node[idx]], self.right[node[idx]])
-            total += self.leaf_depth[node]
-        mean = total / len(self.roots)
+        rows = np.arange(n)[:, None]
+        node = np.broadcast_to(self.roots.astype(np.int64), (n, len(self.roots))).copy()
+        while True:
+            f = self.feature[node]
+            inner = f >= 0
+            if not inner.any():
+                break
+            go_left = x[rows, np.maximum(f, 0)] <= self.threshold[node]
+            node = np.where(inner, np.where(go_left, self.left[node], self.right[node]), node)
+        mean = self.leaf_depth[node].mean(axis=1)
         return np.power(2.0, -mean / float(average_path_length(np.array([self.max_samples]))[0]))
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -131,7 +127,7 @@ class Forest:
             raise ValueError("child before parent")
 
 
-def tail_threshold(scores: np.ndarray, rate: float) -> float:
+def tail_threshold(scores: np.ndarray, rate: float, bounded: bool = True) -> float:
     """The score exceeded with probability ``rate`` per window.
 
     The empirical quantile when the sample holds at least 10 expected exceedances; else peaks over threshold: a
@@ -148,7 +144,7 @@ def tail_threshold(scores: np.ndarray, rate: float) -> float:
     if rate * n >= 10:
         return float(np.quantile(s, 1.0 - rate))
     top = float(s[-1])
-    cap = (top + 1.0) / 2
+    cap = (top + 1.0) / 2 if bounded else math.inf
     u = float(np.quantile(s, 0.95))
     exc = s[s > u] - u
     p_u = len(exc) / n
@@ -160,3 +156,53 @@ def tail_threshold(scores: np.ndarray, rate: float) -> float:
     else:
         q = u + scale / shape * ((p_u / rate) ** shape - 1.0)
     return float(min(max(q, top), cap))
+
+
+@dataclass
+class Knn:
+    """k-nearest-neighbour distance in robust-scaled feature space: the mean distance from a window to its ``k``
+    nearest training windows. Unlike an isolation forest it keeps growing as a window moves past the training
+    data's range (a flood ten times the learned rate scores ten times further), which the evaluation needs
+    (bench/eval_model.py). Fitted neighbours come from scikit-learn's NearestNeighbors; the stored model is the
+    scaled training windows, scored with numpy."""
+
+    points: np.ndarray  # (n, features) float32, scaled
+    center: np.ndarray
+    scale: np.ndarray
+    k: int
+
+    @classmethod
+    def fit(cls, x: np.ndarray, center: np.ndarray, scale: np.ndarray, k: int = 5) -> Knn:
+        pts = ((np.asarray(x, dtype=np.float64) - center) / scale).astype(np.float32)
+        return cls(pts, np.asarray(center, dtype=np.float64), np.asarray(scale, dtype=np.float64), min(k, len(pts)))
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        q = ((np.asarray(x, dtype=np.float64) - self.center) / self.scale).astype(np.float32)
+        d2 = (q * q).sum(1)[:, None] + (self.points * self.points).sum(1)[None, :] - 2.0 * q @ self.points.T
+        d = np.sqrt(np.maximum(d2, 0.0))
+        k = self.k
+        near = np.partition(d, k - 1, axis=1)[:, :k] if d.shape[1] > k else d
+        return near.mean(axis=1)
+
+    def oof_scores(self) -> np.ndarray:
+        """Each training window scored against the others (leave-one-out through sklearn's NearestNeighbors)."""
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=min(self.k + 1, len(self.points))).fit(self.points)
+        dist, _ = nn.kneighbors(self.points)
+        return dist[:, 1:].mean(axis=1) if dist.shape[1] > 1 else dist[:, 0]
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}points": self.points, f"{prefix}center": self.center, f"{prefix}scale": self.scale,
+                f"{prefix}k": np.asarray([self.k], dtype=np.int64)}  # fmt: skip
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray], prefix: str, n_features: int) -> Knn:
+        pts = a[f"{prefix}points"].astype(np.float32)
+        c, s = a[f"{prefix}center"].astype(np.float64), a[f"{prefix}scale"].astype(np.float64)
+        k = int(a[f"{prefix}k"][0])
+        if pts.ndim != 2 or pts.shape[1] != n_features or c.shape != (n_features,) or s.shape != (n_features,):
+            raise ValueError("neighbour arrays do not match the feature schema")
+        if not 1 <= k <= len(pts) or (s <= 0).any():
+            raise ValueError("bad k or scale")
+        return cls(pts, c, s, k)

@@ -19,12 +19,14 @@ import numpy as np
 
 from detectors.anomaly.baseline import Baseline, span_words
 from detectors.anomaly.features import FEATURE_NAMES, SCHEMA_VERSION
-from detectors.anomaly.forest import Forest, tail_threshold
+from detectors.anomaly.forest import Forest, Knn, tail_threshold
 
 FORMAT = "ics-sensor-anomaly-model"
 FORMAT_VERSION = 1
 MIN_PAIR_WINDOWS = 50  # a pair with fewer training windows is scored by its protocol's pooled forest
 MIN_GROUP_WINDOWS = 20  # fewer windows than this: no forest at all for the group
+MIN_SCALE = 0.05  # floor of a feature's spread: a feature constant in training still tolerates small changes
+ALGORITHMS = ("knn", "iforest")
 
 
 class ModelError(Exception):
@@ -36,7 +38,7 @@ class Group:
     """One forest: a pair ('10.0.0.7>10.0.0.20:502/modbus') or a protocol's pooled windows ('*/modbus')."""
 
     key: str
-    forest: Forest
+    forest: Forest | Knn  # the scorer: an isolation forest or k-nearest-neighbour distance
     threshold: float
     median: list[float]
     scale: list[float]
@@ -57,7 +59,7 @@ class Group:
 
     def meta(self) -> dict[str, Any]:
         return {
-            "key": self.key, "threshold": self.threshold, "median": self.median, "scale": self.scale, "low": self.low,
+            "key": self.key, "algorithm": "knn" if isinstance(self.forest, Knn) else "iforest", "threshold": self.threshold, "median": self.median, "scale": self.scale, "low": self.low,
             "high": self.high, "windows": self.windows, "score_median": self.score_median,
         }  # fmt: skip
 
@@ -137,7 +139,11 @@ class Model:
             baseline = Baseline.from_json(meta["baseline"])
             groups = {}
             for i, g in enumerate(meta["groups"]):
-                forest = Forest.from_arrays(arrays, f"g{i}_", len(FEATURE_NAMES))
+                algo = g.get("algorithm", "iforest")
+                if algo not in ("iforest", "knn"):
+                    raise ValueError(f"unknown algorithm {algo!r}")
+                scorer = Forest if algo == "iforest" else Knn
+                forest = scorer.from_arrays(arrays, f"g{i}_", len(FEATURE_NAMES))
                 groups[g["key"]] = Group(g["key"], forest, float(g["threshold"]), g["median"], g["scale"], g["low"],
                                          g["high"], int(g["windows"]), float(g["score_median"]))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
@@ -157,14 +163,15 @@ def library_versions() -> dict[str, str]:
 
 
 def build_groups(
-    rows: dict[str, list[list[float]]], protocol_of: dict[str, str], days: float, fa_per_day: float, seed: int = 0
+    rows: dict[str, list[list[float]]], protocol_of: dict[str, str], days: float, fa_per_day: float, seed: int = 0,
+    algorithm: str = "knn",
 ) -> dict[str, Group]:
     """Fit one forest per pair with enough windows and one pooled forest per protocol; set thresholds so the
     expected model alerts over all training windows come to ``fa_per_day`` per day of traffic.
 
-    Each group's threshold comes from out-of-fold scores (two halves, each scored by a forest fitted on the
-    other), so a window is never scored by a forest that saw it; the tail beyond the largest score is
-    extrapolated by an exponential fit (forest.tail_threshold).
+    Each group's threshold comes from out-of-sample scores (forest: two halves, each scored by a forest fitted
+    on the other; knn: leave-one-out), so a window is never scored by a model that saw it; the tail beyond the
+    largest score is extrapolated by a generalized Pareto fit (forest.tail_threshold).
     """
     pooled: dict[str, list[list[float]]] = {}
     for k, r in rows.items():
@@ -178,18 +185,23 @@ def build_groups(
         if len(r) < MIN_GROUP_WINDOWS:
             continue
         x = np.asarray(r, dtype=np.float64)
-        rng = np.random.default_rng(seed + n)
-        fold = rng.permutation(len(x)) % 2
-        oof = np.empty(len(x))
-        for k in (0, 1):
-            oof[fold == k] = Forest.fit(x[fold != k], seed + n).score(x[fold == k])
-        forest = Forest.fit(x, seed + n)
         med = np.median(x, axis=0)
         q1, q3 = np.quantile(x, [0.25, 0.75], axis=0)
         spread = np.maximum((q3 - q1) / 1.349, np.maximum(x.std(axis=0), 0.05 * np.abs(med)))
-        scale = np.maximum(spread, 1e-3)
+        scale = np.maximum(spread, MIN_SCALE)
+        scorer: Forest | Knn
+        if algorithm == "knn":
+            scorer = Knn.fit(x, med, scale)
+            oof = scorer.oof_scores()
+        else:
+            rng = np.random.default_rng(seed + n)
+            fold = rng.permutation(len(x)) % 2
+            oof = np.empty(len(x))
+            for k in (0, 1):
+                oof[fold == k] = Forest.fit(x[fold != k], seed + n).score(x[fold == k])
+            scorer = Forest.fit(x, seed + n)
         groups[key] = Group(
-            key, forest, tail_threshold(oof, rate), med.tolist(), scale.tolist(),
+            key, scorer, tail_threshold(oof, rate, bounded=algorithm != "knn"), med.tolist(), scale.tolist(),
             np.quantile(x, 0.005, axis=0).tolist(), np.quantile(x, 0.995, axis=0).tolist(), len(x),
             float(np.median(oof)),
         )  # fmt: skip

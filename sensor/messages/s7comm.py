@@ -107,7 +107,12 @@ REGISTRY = FieldRegistry(
         ),
         F("area_name", "keyword", "Per item: area name as Wireshark's item_areanames ('Data blocks (DB)')", None),
         F("area_short", "keyword", "Per item: short area name (I, Q, M, DB, C, T, ...)", None),
-        F("address", "long", "Per item: byte address; timer/counter number for the T and C areas", "s7comm.param.item.address.byte"),
+        F(
+            "address",
+            "long",
+            "Per item: byte address; timer/counter number for the T and C areas",
+            "s7comm.param.item.address.byte",
+        ),
         F("bit_address", "long", "Per item: bit address", "s7comm.param.item.address.bit"),
         F(
             "return_code",
