@@ -31,12 +31,13 @@ import contextlib
 import dataclasses
 import fcntl
 import multiprocessing as mp
+import os
 import pickle
 import struct
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from multiprocessing.connection import Connection, wait
+from collections.abc import Callable, Iterable, Sequence
+from multiprocessing.connection import wait
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -48,6 +49,7 @@ from sensor.frames import Segment
 from sensor.messages import Alert, Anomaly, FlowInfo, Message, PacketRef
 from sensor.outputs.base import Document
 from sensor.outputs.ecs import Observer
+from sensor.outputs.ndjson import NdjsonSink
 from sensor.pipeline import BATCH, TICK_NS, Outputs, Pipeline
 from sensor.source import CaptureError, Record, SourceReport, read_captures
 
@@ -175,12 +177,12 @@ class ShardPipeline(Pipeline):
     """One worker's pipeline: every record advances time, only this shard's flows are processed."""
 
     def __init__(
-        self, config: Config, observer: Observer | None, index: int, n: int, conn: Connection | None,
+        self, config: Config, observer: Observer | None, index: int, n: int, fd: int | None,
         events: bool, ship: Callable[[Msg], bool] | None, ticks: bool,
     ) -> None:  # fmt: skip
         self.sink = _LineSink()
         super().__init__(config, Outputs(events=[self.sink] if events else []), detectors=(), observer=observer)
-        self.index, self.n, self.conn = index, n, conn
+        self.index, self.n, self.fd = index, n, fd
         self.ship, self.ticks = ship, ticks
         self.created = [0]  # flow_id -> index of the record that created the flow
         self.hi = 0  # record index * 4 + phase of what is being processed
@@ -244,11 +246,11 @@ class ShardPipeline(Pipeline):
         blob = b"".join(lines)
         dpk = pickle.dumps(det, pickle.HIGHEST_PROTOCOL) if det else b""
         head = _HDR.pack(kind, watermark, n, len(blob), len(dpk), *self.progress)
-        buf = b"".join((head, np.array(hi, np.int64).tobytes(), np.array(c, np.int64).tobytes(), blob, dpk))
-        if self.conn is not None:
-            self.conn.send_bytes(buf)
+        parts = [head, np.array(hi, np.int64).tobytes(), np.array(c, np.int64).tobytes(), blob, dpk]
+        if self.fd is not None:
+            _write_all(self.fd, parts)
         else:
-            self.sent.append(buf)
+            self.sent.append(b"".join(parts))
 
     def _sweep(self, ts: int, rec: Record, r: int) -> None:
         """The idle sweep FlowTable.process would run at this record (every worker runs it at the same records)."""
@@ -342,12 +344,12 @@ class ShardPipeline(Pipeline):
 
 def _work(
     index: int, n: int, files: list[str], config: Config, observer: Observer | None, events: bool,
-    ship: Callable[[Msg], bool] | None, ticks: bool, conn: Connection,
+    ship: Callable[[Msg], bool] | None, ticks: bool, fd: int,
 ) -> None:  # fmt: skip
     """Worker process body: replay one shard, stream its documents to the parent, then its stats."""
     try:
         report = SourceReport()
-        p = ShardPipeline(config, observer, index, n, conn, events, ship, ticks)
+        p = ShardPipeline(config, observer, index, n, fd, events, ship, ticks)
         p.open()
         p.run_shard(read_captures(files, report))
         stats = p.finish()
@@ -356,15 +358,15 @@ def _work(
             "records": report.records, "bytes": report.bytes,
         }  # fmt: skip
         body = pickle.dumps(done, pickle.HIGHEST_PROTOCOL)
-        conn.send_bytes(_HDR.pack(DONE, END + 1, 0, 0, len(body), *p.progress) + body)
+        _write_all(fd, [_HDR.pack(DONE, END + 1, 0, 0, len(body), *p.progress), body])
     except BaseException as e:  # reported to the parent, which raises
         kind = "capture" if isinstance(e, CaptureError) else "crash"
         text = str(e) if kind == "capture" else traceback.format_exc()
         body = pickle.dumps((kind, text))
         with contextlib.suppress(OSError):
-            conn.send_bytes(_HDR.pack(FAILED, 0, 0, 0, len(body), 0, 0) + body)
+            _write_all(fd, [_HDR.pack(FAILED, 0, 0, 0, len(body), 0, 0), body])
     finally:
-        conn.close()
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -378,37 +380,43 @@ class _Buffer:
     def __init__(self) -> None:
         self.hi = np.empty(0, np.int64)
         self.c = np.empty(0, np.int64)
-        self.lines: list[bytes] = []
+        self.lines: list[memoryview] = []
         self.det: list[tuple[int, int, Any]] = []
         self.watermark = 0
         self.done: dict[str, Any] | None = None
         self.progress = (0, 0)
 
-    def add(self, buf: bytes) -> tuple[int, Any]:
-        kind, wm, n, blen, dlen, packets, nbytes = _HDR.unpack_from(buf, 0)
-        pos = _HDR.size
+    def add(self, fd: int) -> tuple[int, Any]:
+        """Read one message of the worker: its documents are appended; (kind, body of DONE/FAILED)."""
+        head = _read_exact(fd, _HDR.size)
+        if len(head) < _HDR.size:
+            raise EOFError
+        kind, wm, n, blen, dlen, packets, nbytes = _HDR.unpack(head)
         self.progress = (packets, nbytes)
+        buf = _read_exact(fd, (16 * n + blen + dlen) if kind == DATA else dlen)
         if kind != DATA:
-            return kind, pickle.loads(buf[pos : pos + dlen])
+            return kind, pickle.loads(buf)
+        pos = 0
         if n:
             hi = np.frombuffer(buf, np.int64, n, pos)
             c = np.frombuffer(buf, np.int64, n, pos + 8 * n)
             pos += 16 * n
-            lines = buf[pos : pos + blen].splitlines(keepends=True)
-            if len(lines) != n:
-                raise ParallelError(f"worker sent {len(lines)} lines for {n} documents")
+            # Lines as views of the received bytes (JSON escapes newlines, so each document ends at one).
+            ends = np.flatnonzero(np.frombuffer(buf, np.uint8, blen, pos) == 10) + (pos + 1)
+            if len(ends) != n:
+                raise ParallelError(f"a worker sent {len(ends)} lines for {n} documents")
+            mv = memoryview(buf)
+            bounds = ends.tolist()
+            self.lines += [mv[a:b] for a, b in zip([pos, *bounds[:-1]], bounds, strict=True)]
             self.hi = np.concatenate((self.hi, hi)) if len(self.hi) else hi
             self.c = np.concatenate((self.c, c)) if len(self.c) else c
-            self.lines += lines
-            pos += blen
-        else:
             pos += blen
         if dlen:
             self.det += pickle.loads(buf[pos : pos + dlen])
         self.watermark = wm
         return kind, None
 
-    def take(self, limit: int) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    def take(self, limit: int) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
         """Documents with key below ``limit``."""
         k = int(np.searchsorted(self.hi, limit, "left")) if len(self.hi) else 0
         hi, c, lines = self.hi[:k], self.c[:k], self.lines[:k]
@@ -432,14 +440,21 @@ class _Parent:
         self.detectors = detectors
         self.mapper = mapper
         self.json_events = all(getattr(s, "accepts_json", False) for s in outputs.events)
+        # NdjsonSink writes bytes as they are: it gets one chunk of many lines, joined from views (one copy).
+        self.chunks = all(type(s) is NdjsonSink for s in outputs.events)
         self.alert_docs: list[Document] = []
         self.alerts = 0
         self.alerts_by_rule: dict[str, int] = {}
 
-    def events(self, lines: tuple[bytes, ...] | list[bytes]) -> None:
+    def events(self, lines: Sequence[memoryview]) -> None:
         if not lines:
             return
-        batch: list[Any] = list(lines) if self.json_events else [orjson.loads(x) for x in lines]
+        if self.chunks:
+            batch: list[Any] = [b"".join(lines)]
+        elif self.json_events:
+            batch = [bytes(x) for x in lines]
+        else:
+            batch = [orjson.loads(x) for x in lines]
         for s in self.outputs.events:
             s.write(batch)
 
@@ -532,9 +547,32 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _pipe_size(conn: Connection) -> None:
+def _pipe_size(fd: int) -> None:
     with contextlib.suppress(OSError):  # the default size works, with more context switches
-        fcntl.fcntl(conn.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write every byte of parts to a pipe (writev, then the rest of a partial write)."""
+    total = sum(len(p) for p in parts)
+    done = os.writev(fd, parts)
+    if done < total:
+        rest = memoryview(b"".join(parts))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+
+
+def _read_exact(fd: int, n: int) -> bytearray:
+    """n bytes from a pipe; fewer only at end of file."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if not k:
+            return buf[:got]
+        got += k
+    return buf
 
 
 def replay_parallel(
@@ -554,29 +592,32 @@ def replay_parallel(
     mapper = Pipeline(config, Outputs(), observer=observer).mapper  # the same mapping as one process
     ship = detector_filter(detectors)
     procs: list[Any] = []
-    conns: list[Connection] = []
+    fds: list[int] = []
     prog = None
     try:
         for i in range(n):
-            recv, send = ctx.Pipe(duplex=False)
+            recv, send = os.pipe()
             _pipe_size(send)
             args = (i, n, files, config, observer, bool(outputs.events), ship, i == 0 and bool(detectors), send)
             p = ctx.Process(target=_work, args=args, name=f"ics-sensor-worker-{i}", daemon=True)
             p.start()
-            send.close()
+            os.close(send)
             procs.append(p)
-            conns.append(recv)
+            fds.append(recv)
         update = None
         if progress is not None:
             update, prog = progress()
         for s in outputs.all():
             s.open()
         parent = _Parent(outputs, detectors, mapper)
-        done = _merge(conns, procs, parent, update)
+        done = _merge(fds, procs, parent, update)
         parent.close_detectors()
     finally:
         if prog is not None:
             prog.stop()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         for p in procs:
             if p.is_alive():
                 p.terminate()
@@ -601,24 +642,27 @@ def replay_parallel(
 
 
 def _merge(
-    conns: list[Connection], procs: list[Any], parent: _Parent, update: Callable[[int, int], None] | None
+    fds: list[int], procs: list[Any], parent: _Parent, update: Callable[[int, int], None] | None
 ) -> list[dict[str, Any]]:
-    """Read every worker until it is done, releasing documents as soon as every worker has passed them."""
-    n = len(conns)
+    """Read every worker until it is done, releasing documents as soon as every worker has passed them.
+
+    Memory stays bounded: a worker more than MAX_AHEAD documents ahead is not read (its pipe fills and it
+    waits), except the one holding the release back, which is always read.
+    """
+    n = len(fds)
     bufs = [_Buffer() for _ in range(n)]
     live = set(range(n))
-    index = {id(c): i for i, c in enumerate(conns)}
+    index = {fd: i for i, fd in enumerate(fds)}
     while live:
         low = min(bufs[i].watermark for i in live)
-        want = [conns[i] for i in live if bufs[i].watermark == low or len(bufs[i].lines) < MAX_AHEAD]
-        for conn in wait(want):
-            i = index[id(conn)]
+        want = [fds[i] for i in live if bufs[i].watermark == low or len(bufs[i].lines) < MAX_AHEAD]
+        for fd in wait(want):
+            i = index[fd]  # type: ignore[index]
             try:
-                buf = conn.recv_bytes()  # type: ignore[union-attr]
+                kind, body = bufs[i].add(fd)  # type: ignore[arg-type]
             except EOFError:
                 procs[i].join(5)
                 raise ParallelError(f"worker {i} ended without a result (exit code {procs[i].exitcode})") from None
-            kind, body = bufs[i].add(buf)
             if kind == FAILED:
                 what, text = body
                 if what == "capture":
@@ -628,7 +672,6 @@ def _merge(
                 bufs[i].done = body
                 bufs[i].watermark = END + 1
                 live.discard(i)
-                conns[i].close()
         if update is not None:
             update(*bufs[0].progress)
         _release(bufs, min((bufs[i].watermark for i in live), default=END + 1) << 2, parent)
