@@ -30,6 +30,7 @@ import logging
 import random
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -52,6 +53,8 @@ EWS = gen.MODBUS_EWS  # 127.0.0.20
 S7_HMI = gen.S7_HMI  # 127.0.0.30
 PUMP, BOILER, CONTROLLER, HISTORIAN = "127.0.0.50", "127.0.0.51", "127.0.0.60", "127.0.0.70"
 SETPOINT_REG, SETPOINT_RANGE = 10, (1400, 1600)
+PERIOD_CHANGE_S = 600.0  # how long a changed polling period lasts (capture seconds)
+TAIL_MIN = 10.0  # normal traffic after the last attack instance (capture minutes)
 ATTACKS = (
     "recon_scan", "write_new_host", "setpoint_out_of_range", "replay_writes", "polling_flood",
     "polling_period_change", "s7_cpu_stop", "mqtt_new_topic",
@@ -269,7 +272,7 @@ def polling_period_change(plant: Plant, i: int, rng: random.Random) -> str:
     """HMI A polls at another period (faster or slower) for 10 capture minutes, then returns to normal."""
     factor = 0.4 if i % 2 == 0 else 2.5
     plant.period_factor["hmi_a"] = factor
-    time.sleep(real(600))
+    time.sleep(real(PERIOD_CHANGE_S))
     plant.period_factor["hmi_a"] = 1.0
     return f"period x{factor}"
 
@@ -300,6 +303,25 @@ ATTACK_FUNCS: dict[str, Callable[[Plant, int, random.Random], str]] = {f.__name_
 # ---------------------------------------------------------------------------------------------------------
 # Capture and timestamp rewrite
 # ---------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def big_buffer_capture(path: Path, bpf: str) -> Iterator[None]:
+    """generate.capture with a 64 MiB kernel buffer (tcpdump -B): hours of compressed traffic otherwise lose
+    packets to the kernel in bursts, and a lost poll looks like a stalled poller."""
+    real_popen = subprocess.Popen
+
+    def popen(cmd: list[str], *args: object, **kwargs: object) -> subprocess.Popen[str]:
+        if cmd and cmd[0] == "tcpdump":
+            cmd = [cmd[0], "-B", "65536", *cmd[1:]]
+        return real_popen(cmd, *args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    gen.subprocess.Popen = popen  # type: ignore[assignment]
+    try:
+        with gen.capture(path, bpf, settle=0.3):
+            yield
+    finally:
+        gen.subprocess.Popen = real_popen  # type: ignore[misc]
 
 
 @contextlib.contextmanager
@@ -338,26 +360,28 @@ def run_capture(
     with servers():
         plant = Plant(rng)
         t0 = time.time()
-        with gen.capture(raw, BPF, settle=0.3):
+        with big_buffer_capture(raw, BPF):
             t0 = time.time()
             plant.start()
             try:
                 if attack is None:
                     time.sleep(real(hours * 3600))
                 else:
-                    func = ATTACK_FUNCS[attack]
+                    # "mixed": one instance of every class in turn (the small capture the tests use)
+                    plan = [(a, 0) for a in ATTACKS] if attack == "mixed" else [(attack, i) for i in range(instances)]
                     time.sleep(real(warmup_min * 60))
-                    for i in range(instances):
+                    for name, i in plan:
+                        func = ATTACK_FUNCS[name]
                         time.sleep(real(rng.uniform(*gap_min) * 60))
                         start = time.time()
                         try:
                             detail = func(plant, i, rng)
                         except Exception as e:
                             detail = f"error {type(e).__name__}: {e}"
-                            LOG.warning("%s #%d: %s", attack, i, detail)
+                            LOG.warning("%s #%d: %s", name, i, detail)
                         end = time.time()
-                        labels.append(Label(attack, _scaled(start, t0, base_ns), _scaled(end, t0, base_ns), detail))
-                    time.sleep(real(10 * 60))
+                        labels.append(Label(name, _scaled(start, t0, base_ns), _scaled(end, t0, base_ns), detail))
+                    time.sleep(real(TAIL_MIN * 60))
             finally:
                 plant.close()
         if plant.errors:
@@ -391,7 +415,7 @@ def generate_all(out_dir: Path, train_hours: float, test_hours: float, instances
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("what", choices=["normal", "attack", "all"])
-    p.add_argument("attack", nargs="?", choices=ATTACKS)
+    p.add_argument("attack", nargs="?", choices=[*ATTACKS, "mixed"])
     p.add_argument("--out", type=Path, help="capture to write (normal, attack)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "scenarios")
     p.add_argument("--hours", type=float, default=1.0)
@@ -402,11 +426,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-min", type=float, default=20.0)
     p.add_argument("--gap-min", type=float, nargs=2, default=(12.0, 18.0))
     p.add_argument("--day", type=int, default=0, help="capture day offset from 2024-05-06")
+    p.add_argument("--period-change-min", type=float, default=10.0, help="duration of a changed polling period")
+    p.add_argument("--tail-min", type=float, default=10.0, help="normal traffic after the last attack instance")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("pymodbus", "snap7", "s7"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     base = BASE_NS + a.day * DAY_NS
+    global PERIOD_CHANGE_S, TAIL_MIN
+    PERIOD_CHANGE_S, TAIL_MIN = a.period_change_min * 60, a.tail_min
     if a.what == "all":
         generate_all(a.out_dir, a.train_hours, a.test_hours, a.instances)
     elif a.what == "normal":

@@ -60,9 +60,10 @@ WATERMARK_EVERY = 0xFFFF  # a worker reports progress at least every 64k records
 MAX_AHEAD = 4 * BATCH  # documents buffered per worker in the parent before it stops reading that worker
 PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_K = 0x9E3779B97F4A7C15  # Fibonacci hashing multiplier
-_M64 = (1 << 64) - 1
-_TCP_BIT = 6 << 48
+_FIB16 = 40503  # Fibonacci hashing multiplier for 16 bits (2**16 / golden ratio)
+# Ethernet + IPv4 + TCP fields for the fast path: ethertype, version/IHL, total length, flags/fragment offset,
+# protocol, source, destination, source port, destination port, TCP data offset.
+_ETH_IP_TCP = struct.Struct("!12xHBxH2xHxB2xIIHH8xB")
 _TCP = struct.Struct("!HHIIBBH")  # as sensor.frames
 _HDR = struct.Struct("<BqqqqqQ")  # kind, watermark, documents, blob bytes, detector bytes, packets, bytes
 DATA, DONE, FAILED = 0, 1, 2
@@ -77,11 +78,15 @@ class ParallelError(Exception):
 
 
 def shard_of(src: bytes, dst: bytes, sport: int, dport: int, proto: int, n: int) -> int:
-    """Worker index of a flow: symmetric in the two endpoints, the same in every process."""
-    x = ((int.from_bytes(src, "big") ^ int.from_bytes(dst, "big")) << 16 | (sport ^ dport)) ^ (proto << 48)
-    if x > _M64:  # IPv6: fold the high bits in
-        x = (x ^ (x >> 64) ^ (x >> 128)) & _M64
-    return (((x * _K) & _M64) >> 32) % n
+    """Worker index of a flow: symmetric in the two endpoints, the same in every process.
+
+    XOR of the endpoints folded to 16 bits, then Fibonacci hashing; small-int arithmetic only, because the raw
+    fast path in ShardPipeline.run_shard computes the same value for every IPv4/TCP packet (keep them in step).
+    """
+    x = int.from_bytes(src, "big") ^ int.from_bytes(dst, "big")
+    while x >> 32:  # IPv6: fold to 32 bits
+        x = (x & 0xFFFFFFFF) ^ (x >> 32)
+    return ((((x ^ (x >> 16) ^ sport ^ dport ^ proto) & 0xFFFF) * _FIB16) >> 16) % n
 
 
 def segment_shard(seg: Segment, n: int) -> int:
@@ -262,6 +267,7 @@ class ShardPipeline(Pipeline):
         """Pipeline.run for one shard."""
         decode = self.frames.decode
         unpack_tcp = _TCP.unpack_from
+        unpack_eth_ip = _ETH_IP_TCP.unpack_from
         flows = self.flows
         process = flows.process
         sweep_ns = flows.sweep_ns
@@ -291,20 +297,25 @@ class ShardPipeline(Pipeline):
                     self.det.append((r << 2, 0, ts))
             # Ethernet, IPv4 without options, not a fragment, TCP with sane lengths: a Segment for any decoder,
             # built here as FrameDecoder's fast path builds it, and sharded without building it when not ours.
-            if (
-                rec.linktype == 1 and len(data) >= 54 and data[12:15] == b"\x08\x00\x45" and data[23] == 6
-                and not data[20] & 0x3F and not data[21] and (hl := (data[46] >> 4) * 4) >= 20
-                and 34 + hl <= (end := 14 + ((data[16] << 8) | data[17])) <= len(data)
-            ):  # fmt: skip
-                ips = int.from_bytes(data[26:34], "big")
-                x = (((ips >> 32) ^ (ips & 0xFFFFFFFF)) << 16 | ((data[34] ^ data[36]) << 8) | (data[35] ^ data[37])) ^ _TCP_BIT
-                if (((x * _K) & _M64) >> 32) % n != me:
+            if rec.linktype == 1 and len(data) >= 54:
+                etype, vihl, total, frag, proto, src, dst, sport, dport, doff = unpack_eth_ip(data, 0)
+                hl = (doff >> 4) * 4
+                end = 14 + total
+                fast = (
+                    etype == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF and hl >= 20
+                    and 34 + hl <= end <= len(data)
+                )  # fmt: skip
+            else:
+                fast = False
+            if fast:
+                x = src ^ dst
+                if ((((x ^ (x >> 16) ^ sport ^ dport ^ 6) & 0xFFFF) * _FIB16) >> 16) % n != me:
                     if ts > flows.now:
                         flows.now = ts
                         if ts - flows.last_sweep > sweep_ns:
                             self._sweep(ts, rec, r)
                     continue
-                sport, dport, seq, ack, _off, flags, _win = unpack_tcp(data, 34)
+                _sp, _dp, seq, ack, _off, flags, _win = unpack_tcp(data, 34)
                 seg = Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + hl : end])
             else:
                 seg = decode(ts, rec.linktype, data)

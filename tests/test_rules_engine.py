@@ -112,6 +112,8 @@ def test_index_skips_rules_that_cannot_match(tmp_path: Path) -> None:
     assert field == "function_code" and set(by_value) == {5, 6} and default == ()
     assert [c.rule.id for c in by_value[5]] == ["TEST-RULE-0001"]
     assert fires(e, msg(function_code=5)) and not fires(e, msg(function_code=3))
+    assert e.could_match(msg(function_code=6)) and not e.could_match(msg(function_code=6, unit_id=2))
+    assert not e.could_match(msg(function_code=3))
 
 
 def test_anomaly_rule(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ CAPS = {
 GENERALIZE_AT = 5  # distinct values at one topic level (others equal) that become a '+' in the learned pattern
 MIN_VALUE_SAMPLES = 5  # fewer writes of a register than this: its value range is not checked
 VALUE_FALSE_ALARM = 1e-4  # chance per write that a value from the learned range lands outside the margin
-POLL_PERSIST = 2  # consecutive windows out of range before a polling-period deviation is reported
+POLL_PERSIST = 3  # consecutive windows out of range before a polling-period deviation is reported
 MIN_POLL_WINDOWS = 10  # windows with >= 3 requests of a signature before its polling period is checked
 S7_FUNCTION_NAMES = {
     0x00: "CPU services", 0x04: "Read Var", 0x05: "Write Var", 0x1A: "Request Download", 0x1B: "Download Block",
@@ -249,7 +249,8 @@ class Baseline:
             e["patterns"] = topic_patterns(list(e["pub"]))
         for k, samples in self._poll_samples.items():
             old = self.polls.get(k)
-            lo, hi = min(samples), max(samples)
+            qs = statistics.quantiles(samples, n=200, method="inclusive") if len(samples) >= 2 else samples * 2
+            lo, hi = qs[0], qs[-1]  # 0.5th and 99.5th percentiles: a stalled poller's odd window is not the norm
             if old:
                 lo, hi = min(lo, old[1]), max(hi, old[2])
             n = len(samples) + (int(old[0]) if old else 0)

@@ -27,6 +27,7 @@ MIN_PAIR_WINDOWS = 50  # a pair with fewer training windows is scored by its pro
 MIN_GROUP_WINDOWS = 20  # fewer windows than this: no forest at all for the group
 MIN_SCALE = 0.05  # floor of a feature's spread: a feature constant in training still tolerates small changes
 ALGORITHMS = ("knn", "iforest")
+LOG_EPS = 1e-3
 
 
 class ModelError(Exception):
@@ -200,8 +201,12 @@ def build_groups(
             for k in (0, 1):
                 oof[fold == k] = Forest.fit(x[fold != k], seed + n).score(x[fold == k])
             scorer = Forest.fit(x, seed + n)
+        if algorithm == "knn":  # distances are scale-like: their logarithm has the lighter, better-fitted tail
+            threshold = float(np.exp(tail_threshold(np.log(oof + LOG_EPS), rate, bounded=False)) - LOG_EPS)
+        else:
+            threshold = tail_threshold(oof, rate)
         groups[key] = Group(
-            key, scorer, tail_threshold(oof, rate, bounded=algorithm != "knn"), med.tolist(), scale.tolist(),
+            key, scorer, threshold, med.tolist(), scale.tolist(),
             np.quantile(x, 0.005, axis=0).tolist(), np.quantile(x, 0.995, axis=0).tolist(), len(x),
             float(np.median(oof)),
         )  # fmt: skip

@@ -222,6 +222,25 @@ class RuleEngine:
                     out.append(a)
         return out or ()
 
+    def could_match(self, m: Msg) -> bool:
+        """Whether ``m`` passes some active rule's condition, i.e. could change the engine's state or alert.
+
+        Same index lookup and predicates as on_message, no state change: a sharded replay ships only these
+        messages to the one process that runs the engine (sensor/parallel.py).
+        """
+        if type(m) is Message:
+            node = self._msg.get(m.protocol)
+            if node is None:
+                return False
+            f = m.fields
+            while type(node) is list:
+                node = node[1].get(f.get(node[0]), node[2])
+        else:
+            node = self._anom.get(m.protocol, self._anom_any)
+            while type(node) is list:
+                node = node[1].get(m.name, node[2])  # type: ignore[union-attr]
+        return any(c.pred is None or c.pred(m) for c in node)
+
     def on_time(self, ts: int) -> Iterable[Alert]:
         if not self._pending:
             return ()
