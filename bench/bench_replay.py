@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Site lists for the rule runs: the generated cells' HMIs and engineering workstations (10.a.b.10/.20).
+BENCH_CONFIG = ROOT / "bench" / "bench_sensor.yml"
 OUT = ROOT / "bench" / "out"
 TEMPLATES = {
     "modbus": (ROOT / "pcaps" / "modbus_demo.pcap", "502,5020"),
@@ -58,14 +60,18 @@ def ensure_capture(protocol: str, packets: int) -> Path:
     return path
 
 
-def bench(protocol: str, packets: int, extra: list[str]) -> list[tuple[str, float, int]]:
+def bench(protocol: str, packets: int, extra: list[str], rules: bool) -> list[tuple[str, float, int]]:
     cap = ensure_capture(protocol, packets)
     sensor = shutil.which("ics-sensor") or "ics-sensor"
     rows = []
-    for label, cmd in (
-        ("sensor, events to /dev/null", [sensor, "replay", str(cap), "--events", "/dev/null", "-q", *extra]),
-        ("sensor, decode only", [sensor, "replay", str(cap), "-q", *extra]),
-    ):
+    base = [sensor, "replay", str(cap), "-q", *extra]
+    runs = [
+        ("sensor, events to /dev/null", [*base, "--no-builtin-rules", "--events", "/dev/null"]),
+        ("sensor, decode only", [*base, "--no-builtin-rules"]),
+    ]
+    if rules:
+        runs.append(("sensor, all rules + alerts", [*base, "--alerts", "/dev/null", "--config", str(BENCH_CONFIG)]))
+    for label, cmd in runs:
         secs, mb = run(cmd)
         rows.append((label, secs, mb))
     tshark = shutil.which("tshark")
@@ -84,14 +90,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", default="modbus", choices=[*TEMPLATES, "all"])
     ap.add_argument("--packets", type=int, default=1_000_000)
-    ap.add_argument("--rules", action="store_true", help="also enable the shipped rule pack and write alerts")
+    ap.add_argument("--rules", action="store_true", help="also run with the shipped rule pack and alerts written")
+    ap.add_argument("--workers", type=int, default=1, help="replay worker processes (ics-sensor replay --workers)")
     a = ap.parse_args()
     protocols = list(TEMPLATES) if a.protocol == "all" else [a.protocol]
-    extra = ["--alerts", "/dev/null"] if a.rules else []
+    extra = ["--workers", str(a.workers)] if a.workers > 1 else []
     print(f"{'capture':<22} {'run':<30} {'seconds':>8} {'packets/s':>11} {'vs tshark':>9} {'peak MB':>8}")
     for p in protocols:
         n = a.packets
-        rows = bench(p, n, extra)
+        rows = bench(p, n, extra, a.rules)
         ts = next((s for label, s, _ in rows if label.startswith("tshark")), None)
         for label, secs, mb in rows:
             ratio = f"{ts / secs:.2f}x" if ts else "-"
