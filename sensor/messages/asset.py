@@ -7,6 +7,9 @@ under the protocol that revealed it. MQTT passwords are never kept (the decoder 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from sensor.messages.base import Field, FieldRegistry
 
 F = Field
@@ -17,7 +20,6 @@ ACTIVITIES = ("read", "write", "upload", "download", "control", "security", "dia
 REGISTRY = FieldRegistry(
     "asset",
     [
-        F("ip", "ip", "The asset's address (the inventory key)"),
         F("role", "keyword", "Primary role: plc, mqtt_broker, engineering_workstation, hmi, mqtt_client, unknown"),
         F("roles", "keyword", "Every role the traffic showed, highest priority first"),
         F("protocols", "keyword", "Industrial protocols the asset spoke (modbus, s7comm, s7comm_plus, mqtt)"),
@@ -64,3 +66,13 @@ REGISTRY = FieldRegistry(
     {},
     action_field="role",
 )
+
+
+@dataclass(slots=True)
+class AssetState:
+    """One asset as the tracker reports it: ``fields`` are the ``ics.asset.*`` values by registry name."""
+
+    ts: int  # capture time of the latest message to or from the asset, nanoseconds
+    ip: str
+    fields: dict[str, Any]
+    action: str  # discovered | changed | inventory (final, at close) | evicted (final, pushed out by the cap)

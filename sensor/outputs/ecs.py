@@ -137,16 +137,19 @@ class EcsMapper:
                 self._event_cache[key] = ev
         return ev.copy()
 
-    def message(self, m: Message) -> Document:
+    def _action_outcome(self, m: Message) -> tuple[Any, str | None]:
+        """event.action from the registry's action field; event.outcome failure for exceptions and errors,
+        success for other answers, unset on requests."""
         f = m.fields
         reg = self.registries.get(m.protocol)
         action = f.get(reg.action_field) if reg else None
         if f.get("is_exception") or f.get("is_error"):
-            outcome: str | None = "failure"
-        elif not m.from_client:
-            outcome = "success"
-        else:
-            outcome = None
+            return action, "failure"
+        return action, (None if m.from_client else "success")
+
+    def message(self, m: Message) -> Document:
+        f = m.fields
+        action, outcome = self._action_outcome(m)
         event = self._event(m.protocol, action, outcome)
         if m.duration_ns is not None:
             event["duration"] = m.duration_ns
@@ -165,14 +168,7 @@ class EcsMapper:
         orjson call for the protocol fields. A test checks that it equals ``orjson.dumps(message(m))``.
         """
         f = m.fields
-        reg = self.registries.get(m.protocol)
-        action = f.get(reg.action_field) if reg else None
-        if f.get("is_exception") or f.get("is_error"):
-            outcome: str | None = "failure"
-        elif not m.from_client:
-            outcome = "success"
-        else:
-            outcome = None
+        action, outcome = self._action_outcome(m)
         cache = self._json_cache
         ekey = (m.protocol, action, outcome)
         ev = cache.get(ekey)
