@@ -48,3 +48,24 @@ def test_project_capture_documents(shared_pcaps: Path) -> None:
         sec, frac = epoch[d["ics"]["frame"]].split(".")
         want = dt.datetime.fromtimestamp(int(sec), dt.UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:0<9}Z"
         assert d["@timestamp"] == want
+
+
+@pytest.mark.parametrize("capture", ["modbus_demo.pcap", "s7comm_demo.pcap", "mqtt_demo.pcap"])
+def test_fast_ndjson_lines_equal_the_documents(capture: str) -> None:
+    """The NDJSON fast path (message_json) writes exactly the document that message() builds."""
+    import orjson
+
+    from sensor.outputs.ecs import EcsMapper, Observer
+    from sensor.protocols import registry
+
+    col, *_ = replay([PROJECT_PCAPS / capture])
+    regs = {}
+    for name in registry.names():
+        dec = registry.create(name)
+        regs[name] = dec.registry
+        for extra in getattr(dec, "extra_registries", ()):
+            regs[extra.protocol] = extra
+    mapper = EcsMapper(Observer(name="s", site="plant-a", organization="acme"), regs)
+    assert col.messages
+    for m in col.messages:
+        assert orjson.loads(mapper.message_json(m)) == orjson.loads(orjson.dumps(mapper.message(m)))

@@ -1,0 +1,274 @@
+"""Learned baseline and anomaly model (issue 6): training, scoring, explanations, the model file, slow learning.
+
+The captures in tests/data/anomaly/ come from bench/scenarios.py (real pymodbus, python-snap7, mosquitto +
+paho-mqtt peers on loopback, time compressed 500x): ``normal_train`` (seed 11) and ``normal_other`` (seed 12, a
+later day) are normal operation; ``attacks_mixed`` (seed 13) holds one labelled instance of every attack class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from detectors.anomaly import AnomalyDetector, LearnOptions, Model, ModelError
+from detectors.anomaly import baseline as baseline_mod
+from detectors.anomaly.baseline import Baseline, mqtt_match, span_words, topic_patterns, value_margin
+from detectors.anomaly.forest import Forest, Knn
+from detectors.anomaly.model import FORMAT_VERSION
+from sensor.cli import main
+from sensor.cli_model import run_pipeline, train_model
+from sensor.config import load_config
+from sensor.messages import Alert, FlowInfo, Message, PacketRef
+
+DATA = Path(__file__).parent / "data" / "anomaly"
+TRAIN, OTHER, ATTACKS = DATA / "normal_train.pcap.gz", DATA / "normal_other.pcap.gz", DATA / "attacks_mixed.pcap.gz"
+WINDOW = 30.0
+ATTACK_CLASSES = (
+    "recon_scan", "write_new_host", "setpoint_out_of_range", "replay_writes", "polling_flood",
+    "polling_period_change", "s7_cpu_stop", "mqtt_new_topic",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, _ = train_model(load_config(None), [str(TRAIN)], WINDOW)
+    path = tmp_path_factory.mktemp("model") / "model.npz"
+    model.save(path)
+    return path
+
+
+def _score(model_path: Path, capture: Path) -> list[Alert]:
+    alerts: list[Alert] = []
+    run_pipeline(load_config(None), [str(capture)], [AnomalyDetector(Model.load(model_path))], alerts.append)
+    return alerts
+
+
+@pytest.fixture(scope="module")
+def attack_alerts(model_path: Path) -> list[Alert]:
+    return _score(model_path, ATTACKS)
+
+
+def test_quiet_on_other_normal_traffic(model_path: Path) -> None:
+    alerts = _score(model_path, OTHER)
+    assert [a.explanation for a in alerts] == []
+
+
+@pytest.mark.parametrize("attack", ATTACK_CLASSES)
+def test_alerts_on_each_attack(attack: str, attack_alerts: list[Alert]) -> None:
+    labels = [lab for lab in json.loads((DATA / "attacks_mixed.labels.json").read_text())["labels"] if lab["attack"] == attack]
+    assert len(labels) == 1
+    lab = labels[0]
+    late = lab["end_ns"] + int(2 * WINDOW * 1e9)
+    hits = [a for a in attack_alerts if (a.first_ts or a.ts) <= late and a.ts >= lab["start_ns"]]
+    assert hits, f"{attack}: no alert between its start and {2 * WINDOW:g} s after its end"
+
+
+def test_every_attack_alert_falls_in_an_attack(attack_alerts: list[Alert]) -> None:
+    labels = json.loads((DATA / "attacks_mixed.labels.json").read_text())["labels"]
+    grace = int(2 * WINDOW * 1e9)
+    stray = [a.explanation for a in attack_alerts
+             if not any((a.first_ts or a.ts) <= lab["end_ns"] + grace and a.ts >= lab["start_ns"] for lab in labels)]  # fmt: skip
+    assert stray == []
+
+
+def test_alerts_explain_themselves(attack_alerts: list[Alert]) -> None:
+    by_rule = {a.rule_id: a for a in attack_alerts}
+    talker = by_rule["ICS-BASELINE-NEW-TALKER"]
+    assert talker.detector == "baseline" and "never talked to" in (talker.explanation or "")
+    assert "of training; first seen" in (talker.explanation or "")
+    value = by_rule["ICS-BASELINE-VALUE-RANGE"]
+    assert value.extra["baseline"]["register"] == 10
+    lo, hi, v = value.extra["baseline"]["learned_min"], value.extra["baseline"]["learned_max"], value.extra["baseline"]["value"]
+    assert not lo <= v <= hi and f"set to {v}" in (value.explanation or "")
+    stop = by_rule["ICS-BASELINE-S7-NEW-FUNCTION"]
+    assert stop.severity == "critical" and "PLC Stop" in (stop.explanation or "")
+    model = [a for a in attack_alerts if a.detector == "model"]
+    assert model, "the model scored no attack window above its threshold"
+    for a in model:
+        m = a.extra["model"]
+        assert a.score is not None and a.score > m["threshold"]
+        assert len(m["features"]) == 3 and "most unusual" in (a.explanation or "")
+
+
+def test_alert_document_carries_explanation_and_score(attack_alerts: list[Alert]) -> None:
+    from sensor.outputs.ecs import EcsMapper, Observer
+    from sensor.protocols import registry
+
+    mapper = EcsMapper(Observer(name="t"), {n: registry.create(n).registry for n in registry.names()})
+    a = next(a for a in attack_alerts if a.detector == "model")
+    doc = mapper.alert(a)
+    assert doc["rule"]["ruleset"] == "model" and doc["event"]["reason"] == a.explanation
+    assert doc["ics"]["alert"]["details"]["model"]["features"] == a.extra["model"]["features"]
+
+
+# -- the model file ------------------------------------------------------------------------------------------
+
+
+def _rewrite_meta(src: Path, dst: Path, **changes: object) -> None:
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    meta.update(changes)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(dst, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_model_round_trip(model_path: Path, tmp_path: Path) -> None:
+    m = Model.load(model_path)
+    m.save(tmp_path / "again.npz")
+    m2 = Model.load(tmp_path / "again.npz")
+    assert m2.baseline.to_json() == m.baseline.to_json()
+    x = np.asarray([m.groups[k].median for k in m.groups])
+    for k in m.groups:
+        assert m2.groups[k].threshold == m.groups[k].threshold
+        assert np.allclose(m2.groups[k].forest.score(x), m.groups[k].forest.score(x))
+    with np.load(model_path, allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes())
+    assert meta["versions"]["scikit_learn"] and meta["features"][0] == "requests"
+    assert meta["training"]["span"] and meta["summary"]["messages"]
+
+
+def test_wrong_schema_is_refused(model_path: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "schema.npz"
+    _rewrite_meta(model_path, bad, schema_version=99, features=["requests"])
+    with pytest.raises(ModelError, match="feature schema 99 .*retrain"):
+        Model.load(bad)
+
+
+def test_wrong_format_version_is_refused(model_path: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "version.npz"
+    _rewrite_meta(model_path, bad, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(ModelError, match=f"format version {FORMAT_VERSION + 1}, this sensor reads version {FORMAT_VERSION}"):
+        Model.load(bad)
+
+
+def test_not_a_model_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"\x80\x04not a model")
+    with pytest.raises(ModelError, match="not an ics-sensor model file"):
+        Model.load(junk)
+    with pytest.raises(ModelError, match="no such model file"):
+        Model.load(tmp_path / "missing.npz")
+
+
+def test_damaged_tree_is_refused(model_path: Path, tmp_path: Path) -> None:
+    with np.load(model_path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    key = next(k for k in arrays if k.endswith("_points"))
+    arrays[key] = arrays[key][:, :3]
+    bad = tmp_path / "damaged.npz"
+    with open(bad, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ModelError, match="damaged model file"):
+        Model.load(bad)
+
+
+def test_cli_train_then_replay_and_wrong_model(tmp_path: Path) -> None:
+    runner = CliRunner()
+    model = tmp_path / "m.npz"
+    r = runner.invoke(main, ["train", str(TRAIN), "--model", str(model), "--window", "30"])
+    assert r.exit_code == 0, r.output
+    assert "training span:" in r.output
+    alerts = tmp_path / "alerts.ndjson"
+    r = runner.invoke(main, ["replay", str(ATTACKS), "--model", str(model), "--alerts", str(alerts), "--no-builtin-rules", "-q"])
+    assert r.exit_code == 0, r.output
+    docs = [json.loads(line) for line in alerts.read_text().splitlines()]
+    assert {d["rule"]["ruleset"] for d in docs} >= {"baseline"}
+    junk = tmp_path / "junk.npz"
+    junk.write_text("hello")
+    r = runner.invoke(main, ["replay", str(OTHER), "--model", str(junk), "-q"])
+    assert r.exit_code == 2 and "not an ics-sensor model file" in r.output
+
+
+# -- pieces ----------------------------------------------------------------------------------------------------
+
+
+def test_forest_scores_like_scikit_learn() -> None:
+    from sklearn.ensemble import IsolationForest
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 5))
+    x[:, 3] = 1.0  # a constant feature: never split on
+    sk = IsolationForest(n_estimators=50, random_state=1).fit(x)
+    probe = np.vstack([x[:50], rng.normal(scale=4, size=(50, 5))])
+    assert np.allclose(Forest.from_sklearn(sk).score(probe), -sk.score_samples(probe), atol=1e-9)
+
+
+def test_knn_grows_with_distance() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3))
+    knn = Knn.fit(x, np.zeros(3), np.ones(3))
+    s = knn.score(np.array([[0.0, 0, 0], [5, 0, 0], [50, 0, 0]]))
+    assert s[0] < s[1] < s[2] and s[2] > 40
+
+
+def test_topic_patterns_and_matching() -> None:
+    topics = [f"site/line{i}/temp" for i in range(6)] + ["site/7/status", "site/8/status", "alarms"]
+    pats = topic_patterns(topics)
+    assert pats == ["alarms", "site/+/status", "site/+/temp"]
+    assert mqtt_match("site/+/temp", "site/line9/temp") and not mqtt_match("site/+/temp", "site/line9/cmd")
+    assert mqtt_match("#", "a/b") and not mqtt_match("#", "$SYS/x") and not mqtt_match("a/+", "a/b/c")
+
+
+def test_value_margin_shrinks_with_samples() -> None:
+    assert value_margin(0, 100, 10) > value_margin(0, 100, 1000) >= 10
+    assert value_margin(5, 5, 50) == 1.0
+
+
+def test_span_words() -> None:
+    assert span_words(int((3 * 86400 + 4 * 3600 + 5) * 1e9)) == "3 days 4 hours"
+    assert span_words(int(61e9)) == "1 minute 1 second"
+
+
+H = 3_600_000_000_000
+
+
+def _msg(ts: int, client: str, fc: int = 3, server: str = "10.0.0.20") -> Message:
+    flow = FlowInfo(client, 40000, server, 502, "tcp", "1:x", 1)
+    fields = {"unit_id": 1, "function_code": fc, "function_name": "x", "is_request": True,
+              "access": "read", "table": "holding_registers", "reference_number": 0, "quantity": 2}  # fmt: skip
+    return Message(ts, "modbus", flow, True, fields, PacketRef(None, 1, -1))
+
+
+def _tiny_model() -> Model:
+    b = Baseline()
+    for i in range(100):
+        b.learn_message(_msg(i * 10**9, "10.0.0.7"))
+    b.finalize()
+    return Model(b)
+
+
+def test_slow_learning_needs_a_day_spread_over_hours() -> None:
+    model = _tiny_model()
+    det = AnomalyDetector(model, LearnOptions(min_span_hours=24, min_distinct_hours=6), repeat_seconds=0)
+    t0 = 10 * H
+    # an intruder polls hard for two hours: alerted on, never learned
+    burst = [a for k in range(7200) for a in det.on_message(_msg(t0 + k * 10**9, "10.0.0.66"))]
+    assert len(burst) == 7200 and det.learner is not None and det.learner.learned == []
+    # the same host keeps appearing once an hour for a day: learned after 24 h, then quiet
+    late = []
+    for h in range(3, 30):
+        late.append(list(det.on_message(_msg(t0 + h * H, "10.0.0.66"))))
+    assert det.learner.learned == ["new_talker 10.0.0.66>10.0.0.20:502/modbus"]
+    assert late[-1] == [] and late[0] != []
+
+
+def test_slow_learning_budget_per_day() -> None:
+    det = AnomalyDetector(_tiny_model(), LearnOptions(min_span_hours=1, min_distinct_hours=2, max_per_day=3), repeat_seconds=0)
+    for h in range(3):
+        for host in range(10):
+            det.on_message(_msg(h * H, f"10.0.1.{host}"))
+    assert det.learner is not None and len(det.learner.learned) == 3
+
+
+def test_caps_evict_and_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(baseline_mod.CAPS, "talkers", 5)
+    b = Baseline()
+    for i in range(12):
+        b.learn_message(_msg(i, f"10.0.2.{i}"))
+    assert len(b.talkers) == 5 and b.evicted["talkers"] == 7
