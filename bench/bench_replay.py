@@ -7,7 +7,11 @@ is missing, then times, on the same file:
   - ics-sensor replay FILE --events /dev/null             (decode and write every event document)
   - ics-sensor replay FILE                                (decode only)
   - tshark -r FILE -T fields -e <protocol fields>          (tshark's dissection of the same fields)
-and prints packets per second, the ratio to tshark and the peak resident memory of each process (wait4 rusage).
+and prints packets per second, the ratio to tshark, CPU seconds (user + system, workers included: wait4 counts
+the children the replay waited for) and peak memory. With --workers N > 1 each sensor row is run again with
+``--workers N``. Peak memory: wait4's ru_maxrss is the largest single process of the tree, not the sum, so the
+process tree's proportional set size (PSS, which shares forked pages fairly) is also sampled from /proc every 20 ms;
+the larger of the two is printed.
 Timings are figures to read, never assertions.
 """
 
@@ -40,15 +44,37 @@ TSHARK_FIELDS = {
 }  # fmt: skip
 
 
-def run(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (MB) of one command, output discarded."""
+def tree_pss_kb(pid: int) -> int:
+    """Proportional set size (kB) of a process and its descendants, from /proc (0 when it is gone)."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run(cmd: list[str]) -> tuple[float, int, float]:
+    """Wall seconds, peak memory (MB: see the module docstring) and CPU seconds of one command, output discarded."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        peak = max(peak, tree_pss_kb(proc.pid))
+        time.sleep(0.02)
     secs = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed ({status}): {' '.join(cmd)}")
-    return secs, usage.ru_maxrss // 1024
+    return secs, max(usage.ru_maxrss, peak) // 1024, usage.ru_utime + usage.ru_stime
 
 
 def ensure_capture(protocol: str, packets: int) -> Path:
@@ -60,7 +86,9 @@ def ensure_capture(protocol: str, packets: int) -> Path:
     return path
 
 
-def bench(protocol: str, packets: int, extra: list[str], rules: bool) -> list[tuple[str, float, int]]:
+def bench(
+    protocol: str, packets: int, extra: list[str], rules: bool, workers: int = 1
+) -> list[tuple[str, float, int, float]]:
     cap = ensure_capture(protocol, packets)
     sensor = shutil.which("ics-sensor") or "ics-sensor"
     rows = []
@@ -71,9 +99,10 @@ def bench(protocol: str, packets: int, extra: list[str], rules: bool) -> list[tu
     ]
     if rules:
         runs.append(("sensor, all rules + alerts", [*base, "--alerts", "/dev/null", "--config", str(BENCH_CONFIG)]))
+    if workers > 1:
+        runs += [(f"{label}, {workers} workers", [*cmd, "--workers", str(workers)]) for label, cmd in runs]
     for label, cmd in runs:
-        secs, mb = run(cmd)
-        rows.append((label, secs, mb))
+        rows.append((label, *run(cmd)))
     tshark = shutil.which("tshark")
     if tshark:
         cmd = [tshark, "-n", "-r", str(cap), "-T", "fields"]
@@ -81,8 +110,7 @@ def bench(protocol: str, packets: int, extra: list[str], rules: bool) -> list[tu
             cmd += ["-e", f]
         if protocol == "modbus":
             cmd += ["-d", "tcp.port==5020,mbtcp"]
-        secs, mb = run(cmd)
-        rows.append(("tshark -T fields", secs, mb))
+        rows.append(("tshark -T fields", *run(cmd)))
     return rows
 
 
@@ -91,18 +119,17 @@ def main() -> None:
     ap.add_argument("--protocol", default="modbus", choices=[*TEMPLATES, "all"])
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--rules", action="store_true", help="also run with the shipped rule pack and alerts written")
-    ap.add_argument("--workers", type=int, default=1, help="replay worker processes (ics-sensor replay --workers)")
+    ap.add_argument("--workers", type=int, default=1, help="also run each sensor row with --workers N (N > 1)")
     a = ap.parse_args()
     protocols = list(TEMPLATES) if a.protocol == "all" else [a.protocol]
-    extra = ["--workers", str(a.workers)] if a.workers > 1 else []
-    print(f"{'capture':<22} {'run':<30} {'seconds':>8} {'packets/s':>11} {'vs tshark':>9} {'peak MB':>8}")
+    print(f"{'capture':<22} {'run':<42} {'seconds':>8} {'packets/s':>11} {'vs tshark':>9} {'peak MB':>8} {'cpu s':>7}")
     for p in protocols:
         n = a.packets
-        rows = bench(p, n, extra, a.rules)
-        ts = next((s for label, s, _ in rows if label.startswith("tshark")), None)
-        for label, secs, mb in rows:
+        rows = bench(p, n, [], a.rules, a.workers)
+        ts = next((s for label, s, _, _ in rows if label.startswith("tshark")), None)
+        for label, secs, mb, cpu in rows:
             ratio = f"{ts / secs:.2f}x" if ts else "-"
-            print(f"{p + '_' + str(n):<22} {label:<30} {secs:>8.2f} {n / secs:>11,.0f} {ratio:>9} {mb:>8}")
+            print(f"{p + '_' + str(n):<22} {label:<42} {secs:>8.2f} {n / secs:>11,.0f} {ratio:>9} {mb:>8} {cpu:>7.2f}")
 
 
 if __name__ == "__main__":

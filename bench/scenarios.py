@@ -18,6 +18,13 @@ transform.
     python bench/scenarios.py attack polling_flood --seed 7 --out bench/out/scenarios/polling_flood.pcap
     python bench/scenarios.py all --out-dir bench/out/scenarios       # what bench/eval_model.py runs
 
+The small captures in tests/data/anomaly/ (gzip'd afterwards):
+
+    python bench/scenarios.py normal --small --ews-period-s 40 --hours 0.1667 --seed 11 --day 30 --out normal_train.pcap
+    python bench/scenarios.py normal --small --ews-period-s 40 --hours 0.1 --seed 12 --day 31 --out normal_other.pcap
+    python bench/scenarios.py attack mixed --small --ews-period-s 40 --seed 13 --day 32 --warmup-min 1 \
+        --gap-min 1 1.5 --period-change-min 2 --flood-s 15 --tail-min 1 --out attacks_mixed.pcap
+
 Needs root (tcpdump on lo, ports 502/5020/102/1883) and the peers of pcaps/generate.py.
 """
 
@@ -54,7 +61,11 @@ S7_HMI = gen.S7_HMI  # 127.0.0.30
 PUMP, BOILER, CONTROLLER, HISTORIAN = "127.0.0.50", "127.0.0.51", "127.0.0.60", "127.0.0.70"
 SETPOINT_REG, SETPOINT_RANGE = 10, (1400, 1600)
 PERIOD_CHANGE_S = 600.0  # how long a changed polling period lasts (capture seconds)
+EWS_PERIOD_S = 1200.0  # the engineering workstation considers a visit this often (half of them happen)
+FLOOD_S = 60.0  # how long a polling flood lasts (capture seconds)
+NO_ACK_BPF = f"({BPF}) and (tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0 or ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2) != 0)"
 TAIL_MIN = 10.0  # normal traffic after the last attack instance (capture minutes)
+SMALL = False  # the small test captures: no pure TCP ACKs, every EWS visit writes everything
 ATTACKS = (
     "recon_scan", "write_new_host", "setpoint_out_of_range", "replay_writes", "polling_flood",
     "polling_period_change", "s7_cpu_stop", "mqtt_new_topic",
@@ -130,16 +141,16 @@ class Plant:
 
         def ews_work() -> None:
             """An engineer's visit: one to three legitimate writes on a fresh connection."""
-            if ews_rng.random() > 0.5:  # visits at random times: mean one per 40 capture minutes
+            if ews_rng.random() > 0.5 and not SMALL:  # visits at random: mean one per 2 * EWS_PERIOD_S
                 return
             c = gen._modbus_client(EWS)
             try:
                 value = ews_rng.randint(*SETPOINT_RANGE)
                 c.write_register(SETPOINT_REG, value, device_id=1)
                 self.ews_history.append(value)
-                if ews_rng.random() < 0.5:
+                if ews_rng.random() < 0.5 or SMALL:  # small captures: every visit does every kind of write
                     c.write_registers(20, [ews_rng.randint(0, 100) for _ in range(4)], device_id=1)
-                if ews_rng.random() < 0.3:
+                if ews_rng.random() < 0.3 or SMALL:
                     c.write_coil(3, ews_rng.random() < 0.5, device_id=1)
             finally:
                 c.close()
@@ -166,7 +177,7 @@ class Plant:
 
         for name, period, jitter, body in (
             ("hmi_a", 5.0, 0.05, poll_a), ("hmi_b", 10.0, 0.05, poll_b), ("hmi_c", 10.0, 0.05, poll_c),
-            ("s7_hmi", 5.0, 0.05, poll_s7), ("ews", 1200.0, 0.5, ews_work), ("pump", 10.0, 0.1, pump_tel),
+            ("s7_hmi", 5.0, 0.05, poll_s7), ("ews", EWS_PERIOD_S, 0.5, ews_work), ("pump", 10.0, 0.1, pump_tel),
             ("boiler", 10.0, 0.1, boiler_tel), ("controller", 900.0, 0.5, controller_cmd),
         ):  # fmt: skip
             t = threading.Thread(target=self._periodic, args=(name, period, jitter, body), name=name, daemon=True)
@@ -257,9 +268,9 @@ def replay_writes(plant: Plant, i: int, rng: random.Random) -> str:
 
 
 def polling_flood(plant: Plant, i: int, rng: random.Random) -> str:
-    """HMI A's address reads as fast as it can for 60 capture seconds."""
+    """HMI A's address reads as fast as it can for FLOOD_S (60) capture seconds."""
     c = gen._modbus_client(HMI_A)
-    end = time.monotonic() + real(60)
+    end = time.monotonic() + real(FLOOD_S)
     n = 0
     while time.monotonic() < end:
         c.read_holding_registers(0, count=20, device_id=1)
@@ -360,7 +371,7 @@ def run_capture(
     with servers():
         plant = Plant(rng)
         t0 = time.time()
-        with big_buffer_capture(raw, BPF):
+        with big_buffer_capture(raw, NO_ACK_BPF if SMALL else BPF):
             t0 = time.time()
             plant.start()
             try:
@@ -428,13 +439,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--day", type=int, default=0, help="capture day offset from 2024-05-06")
     p.add_argument("--period-change-min", type=float, default=10.0, help="duration of a changed polling period")
     p.add_argument("--tail-min", type=float, default=10.0, help="normal traffic after the last attack instance")
+    p.add_argument("--flood-s", type=float, default=60.0, help="duration of a polling flood")
+    p.add_argument("--ews-period-s", type=float, default=1200.0, help="how often the engineering workstation may write")
+    p.add_argument("--small", action="store_true", help="test captures: no pure TCP ACKs, every EWS visit does all writes")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("pymodbus", "snap7", "s7"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     base = BASE_NS + a.day * DAY_NS
-    global PERIOD_CHANGE_S, TAIL_MIN
-    PERIOD_CHANGE_S, TAIL_MIN = a.period_change_min * 60, a.tail_min
+    global PERIOD_CHANGE_S, TAIL_MIN, FLOOD_S, SMALL, EWS_PERIOD_S
+    PERIOD_CHANGE_S, TAIL_MIN, FLOOD_S, SMALL = a.period_change_min * 60, a.tail_min, a.flood_s, a.small
+    EWS_PERIOD_S = a.ews_period_s
     if a.what == "all":
         generate_all(a.out_dir, a.train_hours, a.test_hours, a.instances)
     elif a.what == "normal":

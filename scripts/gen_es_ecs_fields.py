@@ -47,9 +47,15 @@ def sample_documents() -> list[dict[str, Any]]:
         score=0.5, extra={"k": 1, "threat": {"technique": {"name": ["n"]}, "tactic": {"name": ["t"]}}},
     )  # fmt: skip
     alert2 = Alert(1, "R-2", "name", "desc", "low", (), "19", "rules", an_noflow)
+    from sensor.messages.asset import AssetState
+
+    asset_fields = {"role": "plc", "roles": ["plc"], "protocols": ["modbus"], "modbus.vendor_name": "v",
+                    "modbus.product_code": "p", "modbus.model_name": "m", "s7comm.serial_number": "s",
+                    "s7comm.module_name": "n"}  # fmt: skip
+    asset = mapper.asset(AssetState(2, 1, "10.0.0.2", asset_fields, "changed"))
     return [
         mapper.message(msg), mapper.message(req), mapper.anomaly(an), mapper.anomaly(an_noflow),
-        mapper.alert(alert), mapper.alert(alert2), mapper.stats(1, {"packets": 1}),
+        mapper.alert(alert), mapper.alert(alert2), mapper.stats(1, {"packets": 1}), asset,
     ]  # fmt: skip
 
 

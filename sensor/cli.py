@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from sensor import __version__
+from sensor.cli_assets import asset_feeds
+from sensor.cli_assets import assets as assets_command
 from sensor.cli_es import attach_es, es_group, es_summary
 from sensor.cli_model import evaluate as evaluate_command
 from sensor.cli_model import model_detectors, save_learned
@@ -93,6 +95,7 @@ def main() -> None:
 @click.option("--events", "events_path", metavar="PATH", help="NDJSON of every decoded message and decode error ('-' = stdout).")
 @click.option("--alerts", "alerts_path", metavar="PATH", help="NDJSON of alerts ('-' = stdout).")
 @click.option("--stats", "stats_path", metavar="PATH", help="NDJSON with the final sensor statistics document.")
+@click.option("--assets", "assets_path", metavar="PATH", help="NDJSON of asset inventory documents: on change (rate-limited) and a final one per host.")
 @click.option("--report", "report_path", metavar="PATH", help="Self-contained HTML report (aggregated while streaming).")
 @click.option("--config", "config_path", metavar="PATH", help="Sensor configuration (YAML).")
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
@@ -106,7 +109,7 @@ def replay(
     captures: tuple[str, ...], events_path: str | None, alerts_path: str | None, stats_path: str | None,
     config_path: str | None, quiet: bool, report_path: str | None = None, rules_paths: tuple[str, ...] = (),
     no_builtin_rules: bool = False, es_urls: tuple[str, ...] = (), workers: int = 1,
-    model_path: str | None = None, model_learn: str | None = None,
+    model_path: str | None = None, model_learn: str | None = None, assets_path: str | None = None,
 ) -> None:  # fmt: skip
     """Replay pcap/pcapng captures (files, gzip'd files or directories) through the sensor."""
     try:
@@ -115,7 +118,7 @@ def replay(
     except (ConfigError, CaptureError) as e:
         fail(str(e))
     outputs = Outputs()
-    for path, kind in ((events_path, "events"), (alerts_path, "alerts"), (stats_path, "stats")):
+    for path, kind in ((events_path, "events"), (alerts_path, "alerts"), (stats_path, "stats"), (assets_path, "assets")):
         if path:
             getattr(outputs, kind).append(NdjsonSink(path))
     try:
@@ -134,12 +137,15 @@ def replay(
     if report_path:
         html_report.rule_pack = rule_pack_summary(detectors)
     detectors = [*detectors, *model_detectors(config, model_path, model_learn)]  # issue 6: learned baseline + model
-    if workers != 1:  # issue 10: sharded over processes (sensor/parallel.py), documents identical to one process
+    workers = workers or os.cpu_count() or 1
+    if workers > 1:  # issue 10: sharded over processes (sensor/parallel.py), documents identical to one process
         from sensor.parallel import ParallelError, replay_parallel
+
+        detectors = [*detectors, *asset_feeds(config, outputs.assets, observer_from(config))]  # the parent tracks hosts
 
         try:
             stats = replay_parallel(
-                config, files, outputs, detectors, observer_from(config), workers or os.cpu_count() or 1, report,
+                config, files, outputs, detectors, observer_from(config), workers, report,
                 progress=lambda: _progress(files),
             )  # fmt: skip
         except (CaptureError, ParallelError) as e:
@@ -185,6 +191,7 @@ main.add_command(live)
 main.add_command(config_group)
 main.add_command(rules_group)
 main.add_command(es_group)
+main.add_command(assets_command)  # issue 7: asset inventory
 
 if __name__ == "__main__":
     main()

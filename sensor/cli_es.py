@@ -107,7 +107,8 @@ def es_group() -> None:
 @_config_opt
 @click.option("--namespace", metavar="NS", help="Data stream namespace to report (templates cover every namespace).")
 @click.option("--force", is_flag=True, help="Overwrite templates installed by a newer ics-sensor.")
-def setup(urls: tuple[str, ...], config_path: str | None, namespace: str | None, force: bool) -> None:
+@click.option("--kibana", "kibana_url", metavar="URL", help="Also import the dashboards (dashboards/*.ndjson) into Kibana at URL.")
+def setup(urls: tuple[str, ...], config_path: str | None, namespace: str | None, force: bool, kibana_url: str | None = None) -> None:
     """Install (PUT, idempotent) ILM policies, component and index templates for the sensor's data streams."""
     from elasticsearch import ApiError, TransportError
 
@@ -126,6 +127,17 @@ def setup(urls: tuple[str, ...], config_path: str | None, namespace: str | None,
         click.echo(f"  {line}")
     streams = ", ".join(es_templates.stream_name(k, s.namespace) for k in es_templates.DATASETS)
     click.echo(f"data streams (created on first write): {streams}")
+    if kibana_url:  # issue 7: dashboards, data views and searches, overwritten by id
+        from sensor.outputs.elasticsearch import _auth
+        from sensor.outputs.kibana import KibanaError, import_dashboards
+
+        if not _URL.match(kibana_url):
+            _fail(f"--kibana: {'<URL with credentials>' if '@' in kibana_url else repr(kibana_url)} is not an http(s)://host:port URL without credentials")
+        try:
+            for line in import_dashboards(kibana_url, _auth(s), s.ca_file, s.verify_certs):
+                click.echo(f"  {line}")
+        except (KibanaError, ConfigError) as e:
+            _fail(str(e))
     if any(line.startswith("skipped") for line in done):
         sys.exit(1)
 

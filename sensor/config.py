@@ -49,6 +49,8 @@ SCHEMA: dict[str, Any] = {
     ),
     "outputs": (dict, {}),
     "health": (dict, {}),
+    "assets": ({"max_assets": (int, 10_000), "update_seconds": ((int, float), 60), "max_peers": (int, 1024),
+                "max_values": (int, 64)}, {}),  # sensor/assets.py: inventory caps and document rate per host
 }
 
 # outputs.elasticsearch (the rest of ``outputs`` stays free for other sinks). Secrets only through *_file (owner-only
@@ -63,7 +65,7 @@ ES_SCHEMA: dict[str, Any] = {
     "ca_file": (str, None),
     "verify_certs": (bool, True),
     "namespace": (str, "default"),
-    "kinds": (list, ["events", "alerts", "stats"]),
+    "kinds": (list, ["events", "alerts", "stats", "assets"]),
     "batch_docs": (int, 1000),
     "batch_bytes": (int, 5 << 20),
     "request_timeout": ((int, float), 30),
@@ -75,7 +77,7 @@ ES_SCHEMA: dict[str, Any] = {
     "segment_bytes": (int, 16 << 20),
     "dead_letter": (str, None),
 }
-ES_KINDS = ("events", "alerts", "stats")
+ES_KINDS = ("events", "alerts", "stats", "assets")
 _NAMESPACE_BAD = re.compile(r'[A-Z\\/*?"<>| ,#:-]')
 
 

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.base import Detector
+from sensor.assets import AssetTracker
 from sensor.config import Config
 from sensor.flows import FlowConfig, FlowTable
 from sensor.frames import FrameDecoder
 from sensor.messages import Alert, Anomaly, Message, PacketRef
+from sensor.messages.asset import AssetState
 from sensor.outputs.base import Sink
 from sensor.outputs.ecs import EcsMapper, Observer
 from sensor.protocols import registry
@@ -27,15 +29,16 @@ TICK_NS = 1_000_000_000
 
 @dataclass
 class Outputs:
-    """Sinks per document kind: protocol events (and decode errors), alerts, stats."""
+    """Sinks per document kind: protocol events (and decode errors), alerts, stats, asset inventory."""
 
     events: list[Sink] = field(default_factory=list)
     alerts: list[Sink] = field(default_factory=list)
     stats: list[Sink] = field(default_factory=list)
+    assets: list[Sink] = field(default_factory=list)
 
     def all(self) -> list[Sink]:
         seen: dict[int, Sink] = {}
-        for s in (*self.events, *self.alerts, *self.stats):
+        for s in (*self.events, *self.alerts, *self.stats, *self.assets):
             seen[id(s)] = s
         return list(seen.values())
 
@@ -81,6 +84,7 @@ class Pipeline:
         self.mapper = EcsMapper(observer or Observer(name=config.sensor_name), registries)
         self.counters = Counters()
         self.on_alert = on_alert
+        self.assets = AssetTracker.from_config(config.raw.get("assets")) if self.outputs.assets else None
         self._events: list[dict[str, Any]] = []
         self._alerts: list[dict[str, Any]] = []
         self._next_tick = 0
@@ -96,6 +100,8 @@ class Pipeline:
         c = self.counters
         if type(m) is Message:
             c.messages[m.protocol] = c.messages.get(m.protocol, 0) + 1
+            if self.assets is not None:
+                self.assets.on_message(m)
             if self._events_json:
                 self._events.append(self.mapper.message_json(m))
             elif self.outputs.events:
@@ -132,8 +138,16 @@ class Pipeline:
         for s in self.outputs.alerts:
             s.write(batch)
 
+    def _write_assets(self, states: list[AssetState]) -> None:
+        if states:
+            docs = [self.mapper.asset(st) for st in states]
+            for s in self.outputs.assets:
+                s.write(docs)
+
     def _tick(self, ts: int) -> None:
         self._next_tick = ts + TICK_NS
+        if self.assets is not None:
+            self._write_assets(self.assets.due(ts))
         for d in self.detectors:
             for a in d.on_time(ts):
                 self._alert(a)
@@ -196,6 +210,8 @@ class Pipeline:
                 self._alert(a)
         self._flush_events()
         self._flush_alerts()
+        if self.assets is not None:
+            self._write_assets(self.assets.final())
         self.elapsed = time.perf_counter() - self.started
         stats = self.stats()
         if self.outputs.stats:
@@ -234,4 +250,5 @@ class Pipeline:
             },
             "flows_by_protocol": dict(sorted(fl.per_protocol.items())),
             "decoders": dict(sorted(fl.decoder_counters.items())),
+            **({"assets": self.assets.stats()} if self.assets is not None else {}),
         }  # fmt: skip

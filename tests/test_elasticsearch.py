@@ -32,7 +32,7 @@ from tests.es_helpers import MODBUS_CAPTURES, fast_settings, replay_into
 from tests.es_server import EsServer, free_port
 
 STREAMS = {"ics_sensor.event": "logs-ics_sensor.event-default", "ics_sensor.alert": "logs-ics_sensor.alert-default",
-           "ics_sensor.stats": "metrics-ics_sensor.stats-default"}  # fmt: skip
+           "ics_sensor.stats": "metrics-ics_sensor.stats-default", "ics_sensor.asset": "logs-ics_sensor.asset-default"}  # fmt: skip
 
 
 def expected_ids(docs: list[dict[str, Any]], namespace: str = "default") -> Counter[str]:
@@ -182,7 +182,7 @@ def test_sigkill_with_documents_in_the_spool_then_restart_delivers(tmp_path: Pat
         from sensor.source import SourceReport, read_captures
 
         mem = MemorySink()
-        pipe = Pipeline(cfg_obj, Outputs(events=[mem], alerts=[mem], stats=[mem]), observer=observer_from(cfg_obj))
+        pipe = Pipeline(cfg_obj, Outputs(events=[mem], alerts=[mem], stats=[mem], assets=[mem]), observer=observer_from(cfg_obj))
         pipe.open()
         pipe.run(read_captures([capture], SourceReport()))
         pipe.close()

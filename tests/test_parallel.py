@@ -15,7 +15,7 @@ from sensor.config import load_config
 from sensor.frames import FrameDecoder
 from sensor.outputs.memory import MemorySink
 from sensor.outputs.ndjson import NdjsonSink
-from sensor.parallel import ShardPipeline, merge_stats, replay_parallel, segment_shard, shard_of
+from sensor.parallel import ParallelError, ShardPipeline, merge_stats, replay_parallel, segment_shard, shard_of
 from sensor.pipeline import Outputs, Pipeline
 from sensor.source import CaptureError, SourceReport, expand_paths, read_captures
 
@@ -175,3 +175,58 @@ def test_cli_workers_option(tmp_path: Path) -> None:
         assert "packets:" in run.stderr
         outs.append(ev.read_bytes())
     assert outs[0] == outs[1] and outs[0]
+
+
+def test_crafted_sweeps_fragments_vlan_ipv6_identical(tmp_path: Path) -> None:
+    """Many flows whose idle sweep and end-of-capture close emit in several workers at the same record, with
+    IPv6, 802.1Q and fragmented IPv4 (sharded after reassembly): the merge must interleave them as one process."""
+    from scapy.layers.inet import fragment
+    from scapy.layers.l2 import Dot1Q, Ether
+
+    from tests.craft import NS, T0, Conv, eth, read_holding, read_holding_resp, write_pcap
+
+    frames: list[tuple[int, bytes]] = []
+    t = T0
+    for round_ in range(3):  # three bursts, each followed by a silence longer than the idle timeout (300 s)
+        convs = [Conv(cip=f"10.0.{round_}.{i + 1}", sip="10.0.9.9", cport=41000 + i) for i in range(10)]
+        convs += [Conv(cip=f"fd00::{round_}:{i + 1}", sip="fd00::99", cport=42000 + i, v6=True) for i in range(4)]
+        for c in convs:
+            for p in c.handshake():
+                frames.append((t, eth(p)))
+                t += NS // 1000
+        for k in range(6):
+            for i, c in enumerate(convs):
+                req = c.pkt(True, read_holding(k, 100 + i, 2))
+                if i % 3 == 0:  # 802.1Q tagged: not FrameDecoder's fast path
+                    frames.append(
+                        (t, bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=7) / req))
+                    )
+                elif i % 3 == 1 and not c.v6:  # fragmented: reassembled before sharding
+                    for f in fragment(req, fragsize=8):
+                        frames.append((t, eth(f)))
+                        t += 1000
+                else:
+                    frames.append((t, eth(req)))
+                t += NS // 100
+                if k < 5 or i % 2:  # the last request of every other flow stays unanswered (reported at close)
+                    frames.append((t, eth(c.pkt(False, read_holding_resp(k, [i, k])))))
+                    t += NS // 100
+        for c in convs[::3]:  # a lost segment: the next request is held out of order until the flow is closed
+            frames.append((t, eth(c.pkt(True, read_holding(99, 7, 1), seq=c.nxt[0] + 12, advance=False))))
+            t += NS // 100
+        t += 400 * NS
+    cap = write_pcap(tmp_path / "crafted.pcap", 1, frames)
+    stats = _same_as_one_process([str(cap)], tmp_path / "out")
+    assert stats["tcp"]["evicted_idle"] >= 28  # two silences swept every flow of their burst
+    assert stats["frames"]["reassembled"] > 0
+    assert stats["tcp"]["gaps"] >= 10  # held segments flushed by the sweeps and the final close, in all workers
+
+
+def test_worker_crash_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(self: ShardPipeline) -> dict[str, Any]:
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(ShardPipeline, "finish", boom)  # inherited by the forked workers
+    cap = ROOT / "pcaps" / "modbus_demo.pcap"
+    with pytest.raises(ParallelError, match="injected failure"):
+        replay_parallel(load_config(None), [str(cap)], Outputs(), [], None, 2, SourceReport())

@@ -289,7 +289,7 @@ class AnomalyDetector(_Windowed):
                 f"({clock(start)}): anomaly score {score:.3f} above threshold {g.threshold:.3f} learned from "
                 f"{g.windows:,} windows of {scope} in {self.span} of training; most unusual: {words}"
             ),
-            score=score,
+            score=min(1.0, 0.5 * score / g.threshold) if g.threshold > 0 else 1.0,  # 0.5 at the threshold
             extra={
                 "model": {"score": round(score, 4), "threshold": round(g.threshold, 4), "group": g.key,
                           "window_start_ns": start, "window_seconds": self.tracker.seconds, "features": stand},

@@ -130,27 +130,31 @@ class Forest:
 def tail_threshold(scores: np.ndarray, rate: float, bounded: bool = True) -> float:
     """The score exceeded with probability ``rate`` per window.
 
-    The empirical quantile when the sample holds at least 10 expected exceedances; else peaks over threshold: a
-    generalized Pareto distribution fitted (scipy) to the excesses over the 95th percentile and extrapolated to
-    ``rate``. Scores are bounded by 1, so the fitted shape is normally negative (a bounded tail); when it is not,
-    the estimate is capped halfway between the largest training score and 1, so the model can still fire.
+    The empirical quantile when the sample holds at least 10 expected exceedances; else peaks over threshold on
+    the top 5% of the scores (at least 5 of them): a generalized Pareto distribution fitted with scipy when there
+    are 20 excesses or more, an exponential tail (shape 0, the mean excess as scale) below that, extrapolated to
+    ``rate``. Forest scores are bounded by 1 (``bounded``): an estimate past that is capped halfway between the
+    largest training score and 1, so the forest can still fire.
     """
     from scipy.stats import genpareto
 
     s = np.sort(np.asarray(scores, dtype=np.float64))
     n = len(s)
-    if n == 0:
-        return 1.0
+    if n < 2:
+        return float(s[-1]) if n else 1.0
     if rate * n >= 10:
         return float(np.quantile(s, 1.0 - rate))
     top = float(s[-1])
     cap = (top + 1.0) / 2 if bounded else math.inf
-    u = float(np.quantile(s, 0.95))
-    exc = s[s > u] - u
-    p_u = len(exc) / n
-    if len(exc) < 5 or rate >= p_u:
-        return min(max(u, top), cap)
-    shape, _, scale = genpareto.fit(exc, floc=0)
+    k = min(max(int(0.05 * n), 5), n - 1)
+    u = float(s[n - k - 1])
+    exc = s[n - k :] - u
+    p_u = k / n
+    if rate >= p_u:
+        return min(top, cap)
+    shape, scale = 0.0, float(exc.mean())
+    if k >= 20:
+        shape, _, scale = genpareto.fit(exc, floc=0)
     if abs(shape) < 1e-6:
         q = u + scale * math.log(p_u / rate)
     else:

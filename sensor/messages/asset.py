@@ -38,7 +38,12 @@ REGISTRY = FieldRegistry(
         F("modbus.vendor_url", "keyword", "FC 43/14 object 3 VendorUrl", "modbus.object_str_value"),
         F("modbus.product_name", "keyword", "FC 43/14 object 4 ProductName", "modbus.object_str_value"),
         F("modbus.model_name", "keyword", "FC 43/14 object 5 ModelName", "modbus.object_str_value"),
-        F("modbus.user_application_name", "keyword", "FC 43/14 object 6 UserApplicationName", "modbus.object_str_value"),
+        F(
+            "modbus.user_application_name",
+            "keyword",
+            "FC 43/14 object 6 UserApplicationName",
+            "modbus.object_str_value",
+        ),
         F("modbus.server_id", "keyword", "FC 17 Report Server ID data in hex"),
         F("modbus.server_id_text", "keyword", "FC 17 server id as text, when it is printable ASCII"),
         F("modbus.run_indicator", "boolean", "FC 17 run indicator status"),
@@ -56,7 +61,12 @@ REGISTRY = FieldRegistry(
         F("s7comm.cpu_mode", "keyword", "CPU operating mode, SZL 0x0424"),
         F("s7comm.rack", "long", "Racks addressed by clients' COTP connect requests (called TSAP)"),
         F("s7comm.slot", "long", "Slots addressed by clients' COTP connect requests (called TSAP)"),
-        F("s7comm.tsaps", "keyword", "Called TSAPs of COTP connect requests to this server, hex (bounded)", "cotp.dst-tsap"),
+        F(
+            "s7comm.tsaps",
+            "keyword",
+            "Called TSAPs of COTP connect requests to this server, hex (bounded)",
+            "cotp.dst-tsap",
+        ),
         F("s7comm.connection_types", "keyword", "Connection types this client asked for (PG, OP, S7 basic)"),
         F("mqtt.client_ids", "keyword", "MQTT client identifiers used by this host (bounded)", "mqtt.clientid"),
         F("mqtt.usernames", "keyword", "MQTT user names used by this host, never passwords (bounded)", "mqtt.username"),
@@ -72,7 +82,8 @@ REGISTRY = FieldRegistry(
 class AssetState:
     """One asset as the tracker reports it: ``fields`` are the ``ics.asset.*`` values by registry name."""
 
-    ts: int  # capture time of the latest message to or from the asset, nanoseconds
+    ts: int  # capture time of the latest message to or from the asset, nanoseconds (ics.asset.last_seen)
+    first: int  # capture time of the first one (ics.asset.first_seen)
     ip: str
-    fields: dict[str, Any]
+    fields: dict[str, Any]  # without first_seen/last_seen, which the ECS mapper formats
     action: str  # discovered | changed | inventory (final, at close) | evicted (final, pushed out by the cap)

@@ -14,6 +14,7 @@ import orjson
 
 from sensor import __version__
 from sensor.messages import SEVERITY_SCORES, Alert, Anomaly, FieldRegistry, FlowInfo, Message
+from sensor.messages.asset import AssetState
 
 Document = dict[str, Any]
 MODULE = "ics_sensor"
@@ -260,6 +261,43 @@ class EcsMapper:
         if details:
             base["ics"]["alert"]["details"] = details
         return base
+
+    def asset(self, st: AssetState) -> Document:
+        """An inventory record: ECS ``host.*``/``device.*`` where ECS has the concept, the rest under ics.asset."""
+        f = st.fields
+        nested: Document = {"first_seen": timestamp(st.first), "last_seen": timestamp(st.ts)}
+        for k, v in f.items():
+            node = nested
+            *parents, leaf = k.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = v
+        host: Document = {"id": st.ip, "ip": [st.ip], "type": f.get("role", "unknown")}
+        if f.get("s7comm.module_name"):
+            host["name"] = f["s7comm.module_name"]
+        device: Document = {}
+        if f.get("modbus.vendor_name"):
+            device["manufacturer"] = f["modbus.vendor_name"]
+        model = {k: v for k, v in (
+            ("identifier", f.get("modbus.product_code") or f.get("s7comm.order_number")),
+            ("name", f.get("modbus.model_name") or f.get("modbus.product_name") or f.get("s7comm.module_type_name")),
+        ) if v}  # fmt: skip
+        if model:
+            device["model"] = model
+        if f.get("s7comm.serial_number"):
+            device["serial_number"] = f["s7comm.serial_number"]
+        doc: Document = {
+            "@timestamp": timestamp(st.ts),
+            "event": {
+                "kind": "asset", "category": ["host"], "type": ["change" if st.action == "changed" else "info"],
+                "module": MODULE, "dataset": ASSET_DATASET, "action": st.action,
+            },
+            "message": f"{st.ip}: {', '.join(f.get('roles', ()))} ({', '.join(f.get('protocols', ()))})",
+            "host": host, "related": {"ip": [st.ip]}, "ics": {"asset": nested},
+        }  # fmt: skip
+        if device:
+            doc["device"] = device
+        return self._common(doc)
 
     def stats(self, ts_ns: int, stats: Document) -> Document:
         doc: Document = {

@@ -95,7 +95,7 @@ class EsSettings:
     password_env: str | None = None
     ca_file: str | None = None
     verify_certs: bool = True
-    kinds: tuple[str, ...] = ("events", "alerts", "stats")
+    kinds: tuple[str, ...] = ("events", "alerts", "stats", "assets")
     batch_docs: int = 1000
     batch_bytes: int = 5 << 20
     request_timeout: float = 30.0
@@ -111,7 +111,7 @@ class EsSettings:
     def from_config(cls, section: dict[str, Any], hosts: tuple[str, ...] = (), namespace: str | None = None) -> EsSettings:
         kw = {k: v for k, v in section.items() if k in cls.__dataclass_fields__}
         kw["hosts"] = tuple(hosts or section.get("hosts") or ())
-        kw["kinds"] = tuple(kw.get("kinds") or ("events", "alerts", "stats"))
+        kw["kinds"] = tuple(kw.get("kinds") or ("events", "alerts", "stats", "assets"))
         if namespace:
             kw["namespace"] = namespace
         return cls(**kw)

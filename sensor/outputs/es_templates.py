@@ -53,6 +53,10 @@ ICS_COMMON: dict[str, Mapping] = {
     "ics.alert.attack_version": {"type": "keyword", "ignore_above": 1024},
     "ics.alert.details": {"type": "flattened"},
     "ics.stats": {"type": "object"},
+    # counters the Kibana dashboards read (dashboards/): typed up front, the rest of ics.stats.* is dynamic
+    "ics.stats.packets": {"type": "long"},
+    "ics.stats.alerts": {"type": "long"},
+    "ics.stats.decode_errors": {"type": "long"},
 }
 
 DYNAMIC_TEMPLATES: list[Mapping] = [
@@ -95,8 +99,10 @@ def ics_fields(registries: dict[str, Any] | None = None) -> dict[str, Mapping]:
         from sensor.protocols import registry
 
         registries = {n: registry.create(n).registry for n in registry.names()}
+    from sensor.messages.asset import REGISTRY as ASSET_REGISTRY  # ics.asset.*: the inventory's own registry
+
     fields = {k: dict(v) for k, v in ICS_COMMON.items()}
-    for reg in registries.values():
+    for reg in (*registries.values(), ASSET_REGISTRY):
         for path, f in reg.paths().items():
             if f.type not in _TYPES:
                 raise ValueError(f"{path}: registry type {f.type!r} has no Elasticsearch mapping")
