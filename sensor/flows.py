@@ -275,7 +275,11 @@ class FlowTable:
             rel = (seg.seq - nxt) & SEQ_MASK
             if rel == 0:
                 stream.next_seq = (nxt + len(payload)) & SEQ_MASK
-                self._deliver(flow, from_client, payload, ts, packet, False)
+                dec = flow.decoder
+                if dec is None:
+                    self._deliver(flow, from_client, payload, ts, packet, False)
+                elif dec is not NO_DECODER:  # the common case: straight to the decoder
+                    self._feed(flow, dec, from_client, payload, ts, packet, False)
                 if stream.ooo:
                     self._drain(flow, stream, from_client, ts, packet)
             elif rel >= HALF:  # before next_seq: retransmission or overlap

@@ -132,7 +132,7 @@ class FrameDecoder:
         self.stats.packets += 1
         # Fast path: untagged Ethernet, IPv4 without options or fragments, TCP (nearly all ICS traffic).
         if (
-            linktype == 1 and len(data) >= 54 and data[12:14] == b"\x08\x00" and data[14] == 0x45
+            linktype == 1 and len(data) >= 54 and data[12] == 8 and data[13] == 0 and data[14] == 0x45
             and data[23] == 6 and not data[20] & 0x3F and not data[21]
         ):  # fmt: skip
             total = (data[16] << 8) | data[17]

@@ -71,6 +71,7 @@ class EcsMapper:
         self.labels = labels
         self.organization = {"name": observer.organization} if observer.organization else None
         self.registries = registries
+        self._action_fields = {p: r.action_field for p, r in registries.items()}
         self._flow_cache: dict[tuple[int, bool, str], Document] = {}
         self._event_cache: dict[tuple[str, Any, str | None], Document] = {}
         self._file_docs: dict[str, Document] = {}
@@ -142,8 +143,8 @@ class EcsMapper:
         """event.action from the registry's action field; event.outcome failure for exceptions and errors,
         success for other answers, unset on requests."""
         f = m.fields
-        reg = self.registries.get(m.protocol)
-        action = f.get(reg.action_field) if reg else None
+        field = self._action_fields.get(m.protocol)
+        action = f.get(field) if field else None
         if f.get("is_exception") or f.get("is_error"):
             return action, "failure"
         return action, (None if m.from_client else "success")

@@ -23,6 +23,9 @@ def _function_meta(fc: int) -> tuple[str, str, str | None]:
     return ("user_defined" if fc in USER_DEFINED else "reserved", "other", None)
 
 
+FUNCTION_META = [_function_meta(fc) for fc in range(128)]  # indexed by function code: no call per PDU
+
+
 class ModbusState:
     __slots__ = ("bad_streak", "bufs", "flow", "good", "pending", "requests", "responses", "unanswered", "unmatched")
 
@@ -116,7 +119,7 @@ class ModbusDecoder:
         """Decode one PDU; its message goes to ``out`` followed by any anomaly found in it."""
         raw_fc = pdu[0]
         fc = raw_fc & 0x7F
-        name, access, table = _function_meta(fc)
+        name, access, table = FUNCTION_META[fc]
         f: dict[str, Any] = {
             "transaction_id": tid, "protocol_id": 0, "length": length, "unit_id": unit, "function_code": fc,
             "function_name": name, "is_request": from_client, "access": access,
