@@ -35,10 +35,12 @@ def _fail(reason: str) -> None:
 @click.option("--user", metavar="USER", help="Drop privileges to USER once the sockets are open.")
 @click.option("--stats-interval", type=float, default=STATS_EVERY_S, show_default=True, help="Seconds between stats documents.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds (tests, benchmarks).")
+@click.option("--es", "es_urls", metavar="URL", multiple=True, help="Also send to Elasticsearch at URL (repeatable).")
 def live(
     interfaces: tuple[str, ...], bpf: str | None, config_path: str | None, events_path: str | None,
     alerts_path: str | None, stats_path: str | None, rules_paths: tuple[str, ...], no_builtin_rules: bool,
     health_port: int | None, user: str | None, stats_interval: float, duration: float | None,
+    es_urls: tuple[str, ...] = (),
 ) -> None:  # fmt: skip
     """Capture live on interfaces (receive-only) with the same decoders, rules and outputs as replay."""
     from sensor.cli import observer_from, tune_gc
@@ -70,6 +72,14 @@ def live(
     for path, kind in ((events_path, "events"), (alerts_path, "alerts"), (stats_path, "stats")):
         if path:
             getattr(outputs, kind).append(NdjsonSink(path))
+    es_sink = None
+    if es_urls or config.raw["outputs"].get("elasticsearch"):
+        from sensor.cli_es import attach_es
+
+        try:
+            es_sink = attach_es(outputs, config, es_urls)
+        except ConfigError as e:
+            _fail(str(e))
     state: dict[str, Any] = {"reload": False}
 
     def build_detectors() -> list[Any]:
@@ -97,7 +107,9 @@ def live(
         if now >= next_stats:
             next_stats = now + stats_interval
             capture.read_kernel_stats()
-            live_stats = {"live": vars(capture.stats).copy()}
+            live_stats: dict[str, Any] = {"live": vars(capture.stats).copy()}
+            if es_sink is not None:
+                live_stats["elasticsearch"] = es_sink.stats()
             pipe.flush(live_stats)
             if server:
                 server.update({**pipe.stats(), **live_stats})
@@ -110,6 +122,10 @@ def live(
     if server:
         server.update(stats)
         server.stop()
+    if es_sink is not None:
+        from sensor.cli_es import es_summary
+
+        click.echo(es_summary(es_sink), err=True)
     click.echo(
         f"ics-sensor: stopped; packets {stats['packets']:,}, kernel drops {stats['live']['kernel_drops']:,}, "
         f"messages {sum(stats['messages'].values()):,}, alerts {stats['alerts']:,}",

@@ -105,9 +105,13 @@ def _tx_packets(iface: str) -> int:
 
 
 def test_live_plant_end_to_end(plant: Plant, tmp_path: Path) -> None:
+    from tests.es_server import EsServer
+
+    es = EsServer("9.1.0").start()
     cfg = tmp_path / "sensor.yml"
     cfg.write_text(
         "sensor: {name: live-test, site: test-plant}\n"
+        f"outputs: {{elasticsearch: {{spool_dir: {tmp_path / 'spool'}}}}}\n"
         "lists:\n"
         f"  modbus_writers: [{NET}.40/32]\n"
         f"  engineering_hosts: [{NET}.40/32]\n"
@@ -130,7 +134,8 @@ def test_live_plant_end_to_end(plant: Plant, tmp_path: Path) -> None:
             break
     sensor = subprocess.Popen(
         [shutil.which("ics-sensor") or "ics-sensor", "live", "-i", plant.bridge, "--config", str(cfg),
-         "--events", str(events), "--alerts", str(alerts), "--health-port", "0", "--stats-interval", "1"],
+         "--events", str(events), "--alerts", str(alerts), "--health-port", "0", "--stats-interval", "1",
+         "--es", es.url],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -149,7 +154,8 @@ def test_live_plant_end_to_end(plant: Plant, tmp_path: Path) -> None:
         time.sleep(1.5)
     finally:
         sensor.send_signal(signal.SIGTERM)
-        _out, err = sensor.communicate(timeout=30)
+        _out, err = sensor.communicate(timeout=60)
+        es.stop()
     assert sensor.returncode == 0, err
     assert "rules reloaded" in err, err
     # Receive-only: the sensor sent nothing on the monitored interface.
@@ -171,6 +177,10 @@ def test_live_plant_end_to_end(plant: Plant, tmp_path: Path) -> None:
     for a in stop + write:
         assert a["destination"]["ip"] == plant.addr["plc"]
         assert a["threat"]["technique"]["id"]
+    # The same alerts reached Elasticsearch's alert data stream, each exactly once.
+    es_alerts = [d for stream, _id, d in es.state.docs() if stream.startswith("logs-ics_sensor.alert-")]
+    key = lambda a: (a["rule"]["id"], a["@timestamp"], a["source"]["ip"])  # noqa: E731
+    assert sorted(map(key, es_alerts)) == sorted(map(key, got))
     noisy = [a for a in got if a["source"]["ip"] != plant.addr["attacker"] and a["destination"]["ip"] != plant.addr["attacker"]]
     assert not noisy, [(a["rule"]["id"], a["source"]["ip"]) for a in noisy]
 
