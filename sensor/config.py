@@ -200,7 +200,7 @@ def _validate(data: Any, schema: dict[str, Any], prefix: str) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'top level'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'top level'}: expected a mapping, got {type(data).__name__}")
     out: dict[str, Any] = {}
     for key in data:
         if key not in schema:
@@ -234,7 +234,9 @@ def _check_semantics(c: dict[str, Any]) -> None:
             if not isinstance(e, str | int):
                 raise ConfigError(f"lists.{name}: {e!r} is not an address, network or name")
             s = str(e)
-            if "/" in s or s.replace(".", "").isdigit() or ":" in s:
+            # Looks like an address or network (dotted digits, a prefix, IPv6): must parse as one. Plain names and
+            # numbers (client ids, TSAPs like "0101", unit ids) are kept as they are.
+            if "/" in s or ("." in s and s.replace(".", "").isdigit()) or (":" in s and all(c in "0123456789abcdefABCDEF:." for c in s)):
                 try:
                     ipaddress.ip_network(s, strict=False)
                 except ValueError:
