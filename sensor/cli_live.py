@@ -63,6 +63,10 @@ def live(
 
         server = HealthServer(int(port))
         server.start()
+    if es_urls or config.raw["outputs"].get("elasticsearch"):
+        # Loaded while privileged: after the drop the installation may not be readable by the new user.
+        import sensor.cli_es
+        import sensor.outputs.elasticsearch  # noqa: F401
     try:
         drop_privileges(user or health.get("user"))
     except (LiveError, KeyError, OSError) as e:

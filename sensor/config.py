@@ -181,19 +181,30 @@ class Config:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand(value: Any, key: str) -> Any:
+def _expand(value: Any, key: str, used: list[str] | None = None) -> Any:
+    """``${NAME}`` -> the environment variable; the values substituted are appended to ``used`` (for redaction)."""
     if isinstance(value, str):
         def sub(m: re.Match[str]) -> str:
             if m.group(1) not in os.environ:
                 raise ConfigError(f"{key}: environment variable {m.group(1)} is not set")
+            if used is not None:
+                used.append(os.environ[m.group(1)])
             return os.environ[m.group(1)]
 
         return _ENV.sub(sub, value)
     if isinstance(value, list):
-        return [_expand(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_expand(v, f"{key}[{i}]", used) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _expand(v, f"{key}.{k}") for k, v in value.items()}
+        return {k: _expand(v, f"{key}.{k}", used) for k, v in value.items()}
     return value
+
+
+def _redact(message: str, values: list[str]) -> str:
+    """An error message never repeats a value that came from the environment (it may be a secret)."""
+    for v in sorted(values, key=len, reverse=True):
+        if len(v) >= 4:
+            message = message.replace(v, "<value from environment>")
+    return message
 
 
 def _validate(data: Any, schema: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -260,10 +271,11 @@ def load_config(path: str | None) -> Config:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    used: list[str] = []
     try:
-        raw = _validate(_expand(data, "config"), SCHEMA, "")
+        raw = _validate(_expand(data, "config", used), SCHEMA, "")
         _check_semantics(raw)
         _validate_outputs(raw)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{path}: {_redact(str(e), used)}") from None
     return Config(raw, path)

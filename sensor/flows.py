@@ -387,7 +387,8 @@ class FlowTable:
                 self.emit(m)
         except ProtocolMismatch as e:
             self.stats.protocol_mismatches += 1
-            self.emit(Anomaly(ts, dec.name, flow.info, from_client, f"{dec.name}.protocol_mismatch", e.reason, packet))
+            proto = dec.registry.protocol  # mqtt_tls reports as mqtt: the name stays in the closed set
+            self.emit(Anomaly(ts, proto, flow.info, from_client, f"{proto}.protocol_mismatch", e.reason, packet))
             flow.decoder = NO_DECODER
         except Exception as e:  # one bad message must not stop the sensor
             self._decoder_crash(flow, dec, e, from_client, ts, packet)

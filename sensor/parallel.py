@@ -652,6 +652,11 @@ def replay_parallel(
     secs = time.perf_counter() - started
     total["alerts"] = parent.alerts
     total["alerts_by_rule"] = dict(sorted(parent.alerts_by_rule.items()))
+    det_stats = {
+        getattr(d, "name", type(d).__name__): d.stats() for d in detectors if callable(getattr(d, "stats", None))
+    }
+    if det_stats:  # the detectors run here, in the parent: as Pipeline.stats reports them
+        total["detectors"] = det_stats
     total["seconds"] = round(secs, 3)
     total["packets_per_second"] = round(total["packets"] / secs) if secs > 0 else 0
     report.files[:] = first["files"]

@@ -251,4 +251,13 @@ class Pipeline:
             "flows_by_protocol": dict(sorted(fl.per_protocol.items())),
             "decoders": dict(sorted(fl.decoder_counters.items())),
             **({"assets": self.assets.stats()} if self.assets is not None else {}),
+            **({"detectors": ds} if (ds := self._detector_stats()) else {}),
         }  # fmt: skip
+
+    def _detector_stats(self) -> dict[str, Any]:
+        """State sizes and evictions of the detectors that report them (``stats()``), by detector name."""
+        return {
+            getattr(d, "name", type(d).__name__): d.stats()
+            for d in self.detectors
+            if callable(getattr(d, "stats", None))
+        }

@@ -158,6 +158,7 @@ class Window:
 
 MAX_SIGNATURES_PER_WINDOW = 64
 MAX_VALUE_MEMORY = 100_000  # remembered (pair, unit, table, address) -> last value entries
+MAX_PAIRS_PER_WINDOW = 20_000  # host pairs featurised in one window
 
 
 class WindowTracker:
@@ -170,6 +171,7 @@ class WindowTracker:
         self.windows: dict[Pair, Window] = {}
         self.last_values: dict[Any, int] = {}  # (pair, unit, table, address) -> last value read or written
         self.evicted = 0
+        self.pairs_dropped = 0
 
     def due(self, ts: int) -> bool:
         return self.start is not None and ts >= self.start + self.width
@@ -201,6 +203,11 @@ class WindowTracker:
     def add(self, m: Message, pair: Pair) -> None:
         w = self.windows.get(pair)
         if w is None:
+            if len(self.windows) >= MAX_PAIRS_PER_WINDOW:
+                # Spoofed sources cannot grow the table: pairs past the cap are not featurised in this window
+                # (the baseline still checks each message), and the drop is counted.
+                self.pairs_dropped += 1
+                return
             w = self.windows[pair] = Window()
         f = m.fields
         w.messages += 1

@@ -25,6 +25,7 @@ from detectors.rules.schema import ANY_PROTOCOL, INDEX_FIELDS
 from sensor.messages import Alert, Message
 
 MAX_KEYS = 100_000  # threshold windows per rule; the oldest key is dropped beyond this
+MAX_PENDING = 100_000  # aggregated alerts held at once; beyond this the oldest is released early
 NS = 1_000_000_000
 
 
@@ -140,6 +141,8 @@ class RuleEngine:
         self._pending: dict[tuple[Any, ...], _Agg] = {}
         self._seq = 0
         self.evicted_keys = 0
+        self.released_early = 0  # aggregated alerts emitted before their window because MAX_PENDING was hit
+        self._early: list[Alert] = []
 
     # -- index -------------------------------------------------------------------------------------------------
     @classmethod
@@ -220,6 +223,9 @@ class RuleEngine:
                     if out is None:
                         out = []
                     out.append(a)
+        if self._early:
+            out = (out or []) + self._early
+            self._early = []
         return out or ()
 
     def could_match(self, m: Msg) -> bool:
@@ -250,6 +256,13 @@ class RuleEngine:
 
     def close(self) -> Iterable[Alert]:
         return self._release(list(self._pending))
+
+    def stats(self) -> dict[str, int]:
+        """State sizes and evictions, for the sensor stats document."""
+        return {
+            "threshold_keys": sum(len(c.windows) for c in self.rules), "threshold_keys_evicted": self.evicted_keys,
+            "pending_aggregates": len(self._pending), "released_early": self.released_early,
+        }  # fmt: skip
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _make_hit(self, c: _Compiled) -> Callable[[Msg], Alert | None]:
@@ -358,6 +371,9 @@ class RuleEngine:
             return self._alert(_Agg(c, m, first_ts, m.ts, n, extra, self._seq, firing))
         agg = self._pending.get(key)
         if agg is None:
+            if len(self._pending) >= MAX_PENDING:
+                self.released_early += 1
+                self._early += self._release([next(iter(self._pending))])
             self._pending[key] = _Agg(c, m, first_ts, m.ts, n, extra, self._seq, firing)
         else:
             agg.count += n

@@ -126,6 +126,8 @@ class MqttTlsDecoder:
         if state.done[i]:
             return ()
         buf = state.bufs[i] + data
+        if not buf:  # nothing to look at yet (an empty delivery)
+            return ()
         first = from_client and not state.bufs[i] and not state.bufs[1 - i] and not state.done[1 - i]
         if first and self.mqtt.probe(buf, True) is Probe.YES:  # plain MQTT on the TLS port
             state.inner = self.mqtt.new_state(state.flow)
