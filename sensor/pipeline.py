@@ -94,6 +94,7 @@ class Pipeline:
         )
         self.started = 0.0
         self.elapsed = 0.0
+        self._last_packet: PacketRef = PacketRef(None, 0, -1)  # where end-of-input messages point
 
     # -- message path ------------------------------------------------------------------------------------------
     def _on_message(self, m: Message | Anomaly) -> None:
@@ -185,7 +186,7 @@ class Pipeline:
             c.last_ts = max(c.last_ts or 0, rec.ts)
             if c.first_ts is None:
                 c.first_ts = rec.ts
-            self._last_packet: PacketRef = rec
+            self._last_packet = rec
 
     def flush(self, extra_stats: dict[str, Any] | None = None, ts: int | None = None) -> None:
         """Live mode, about once a minute: push buffered documents and a stats document to the sinks."""
@@ -203,7 +204,7 @@ class Pipeline:
 
     def close(self) -> dict[str, Any]:
         """End of input: close flows (unanswered requests), detectors, write stats, close sinks."""
-        last = getattr(self, "_last_packet", PacketRef(None, 0, -1))
+        last = self._last_packet
         self.flows.close_all(last)
         for d in self.detectors:
             for a in d.close():
