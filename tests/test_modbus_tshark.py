@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import PROJECT_PCAPS
 from tests.replay_helpers import replay
-from tests.tshark_json import layers
+from tests.tshark_json import compare_by_frame, layers
 
 SHARED_MODBUS = [
     "zeek/modbusBig.pcap",
@@ -71,18 +71,6 @@ def _theirs(path: Path, display_filter: str = "mbtcp && modbus", options: list[s
     return out
 
 
-def _compare(ours: dict[int, list[tuple]], theirs: dict[int, list[tuple]]) -> tuple[int, list[str]]:
-    diffs = []
-    agree = 0
-    for frame in sorted(set(ours) | set(theirs)):
-        a, b = ours.get(frame, []), theirs.get(frame, [])
-        if a == b:
-            agree += len(a)
-        else:
-            diffs.append(f"frame {frame}: ours {a} tshark {b}")
-    return agree, diffs
-
-
 @pytest.mark.parametrize("rel", SHARED_MODBUS)
 def test_shared_capture_matches_tshark(shared_pcaps: Path, rel: str) -> None:
     path = shared_pcaps / rel
@@ -91,7 +79,7 @@ def test_shared_capture_matches_tshark(shared_pcaps: Path, rel: str) -> None:
         if capture == rel:
             assert frame in ours and frame not in theirs, f"explained difference at frame {frame} no longer holds"
             del ours[frame]
-    agree, diffs = _compare(ours, theirs)
+    agree, diffs = compare_by_frame(ours, theirs)
     assert theirs, "tshark found no Modbus in the capture: the comparison would be empty"
     assert not diffs, f"{len(diffs)} frames differ from tshark ({agree} messages agree):\n" + "\n".join(diffs[:20])
 
@@ -104,7 +92,7 @@ def test_project_capture_matches_tshark(name: str) -> None:
     # port by preference (it tells queries from responses by it), so it dissects each port in a run of its own.
     theirs = _theirs(path, "mbtcp && modbus && tcp.port==502")
     theirs.update(_theirs(path, "mbtcp && modbus && tcp.port==5020", ["-o", "mbtcp.tcp.port:5020"]))
-    agree, diffs = _compare(ours, theirs)
+    agree, diffs = compare_by_frame(ours, theirs)
     assert theirs
     assert not diffs, f"{len(diffs)} frames differ from tshark ({agree} agree):\n" + "\n".join(diffs[:20])
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import PROJECT_PCAPS, SHARED_PCAPS
 from tests.replay_helpers import replay
-from tests.tshark_json import layers
+from tests.tshark_json import compare_by_frame, layers
 
 SHARED_MQTT = ["zeek/mqtt.pcap", *sorted(str(p.relative_to(SHARED_PCAPS)) for p in SHARED_PCAPS.glob("suricata-verify/mqtt*/*.pcap"))]
 OWN = sorted(p.name for p in PROJECT_PCAPS.glob("mqtt*.pcap")) if PROJECT_PCAPS.exists() else []
@@ -102,15 +102,7 @@ def _normalise(ours: dict[int, list[tuple]], theirs: dict[int, list[tuple]]) -> 
 
 def compare(ours: dict[int, list[tuple]], theirs: dict[int, list[tuple]]) -> tuple[int, list[str]]:
     _normalise(ours, theirs)
-    diffs = []
-    agree = 0
-    for frame in sorted(set(ours) | set(theirs)):
-        a, b = ours.get(frame, []), theirs.get(frame, [])
-        if a == b:
-            agree += len(a)
-        else:
-            diffs.append(f"frame {frame}: ours {a} tshark {b}")
-    return agree, diffs
+    return compare_by_frame(ours, theirs)
 
 
 @pytest.mark.parametrize("rel", SHARED_MQTT)

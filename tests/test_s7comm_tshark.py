@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import PROJECT_PCAPS, SHARED_PCAPS
 from tests.replay_helpers import replay
-from tests.tshark_json import layers
+from tests.tshark_json import compare_by_frame, layers
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed: no oracle")
 
@@ -107,23 +107,12 @@ def ours(path: Path) -> tuple[dict[int, list[tuple]], dict[str, Any]]:
     return out, stats
 
 
-def compare(a: dict[int, list[tuple]], b: dict[int, list[tuple]]) -> tuple[int, list[str]]:
-    agree, diffs = 0, []
-    for frame in sorted(set(a) | set(b)):
-        x, y = a.get(frame, []), b.get(frame, [])
-        if x == y:
-            agree += len(x)
-        else:
-            diffs.append(f"frame {frame}: ours {x}\n  tshark {y}")
-    return agree, diffs
-
-
 @pytest.mark.parametrize("rel", SHARED_S7)
 def test_shared_capture_matches_tshark(shared_pcaps: Path, rel: str) -> None:
     path = shared_pcaps / rel
     mine, stats = ours(path)
     them = theirs(path)
-    agree, diffs = compare(mine, them)
+    agree, diffs = compare_by_frame(mine, them)
     assert stats["tcp"]["decoder_exceptions"] == 0
     assert not diffs, f"{len(diffs)} frames differ ({agree} messages agree):\n" + "\n".join(diffs[:10])
     if rel.endswith("s7-1200-hmi-timer-sync.pcapng"):
@@ -137,7 +126,7 @@ def test_project_capture_matches_tshark(name: str) -> None:
     path = PROJECT_PCAPS / name
     mine, stats = ours(path)
     them = theirs(path)
-    agree, diffs = compare(mine, them)
+    agree, diffs = compare_by_frame(mine, them)
     assert stats["tcp"]["decoder_exceptions"] == 0
     assert them, "tshark found no S7comm in the capture: the comparison would be empty"
     assert not diffs, f"{len(diffs)} frames differ ({agree} messages agree):\n" + "\n".join(diffs[:10])

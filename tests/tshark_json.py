@@ -40,3 +40,15 @@ def layers(path: Path, display_filter: str, protocols: list[str], options: list[
             row[p] = v if isinstance(v, list) else [v]
         rows.append(row)
     return rows
+
+
+def compare_by_frame(ours: dict[int, list[tuple]], theirs: dict[int, list[tuple]]) -> tuple[int, list[str]]:
+    """Messages per frame, ours against tshark's: how many agree, and one line per frame that differs."""
+    agree, diffs = 0, []
+    for frame in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(frame, []), theirs.get(frame, [])
+        if a == b:
+            agree += len(a)
+        else:
+            diffs.append(f"frame {frame}: ours {a}\n  tshark {b}")
+    return agree, diffs
