@@ -63,7 +63,7 @@ from sensor.outputs.base import Document
 from sensor.outputs.ecs import Observer
 from sensor.outputs.ndjson import NdjsonSink
 from sensor.pipeline import BATCH, TICK_NS, Outputs, Pipeline
-from sensor.source import CaptureError, Record, SourceReport, read_captures
+from sensor.source import CaptureError, Record, Skip, SourceReport, expand_paths, read_captures
 
 Msg = Message | Anomaly
 _pipeline_on_message = Pipeline._on_message
@@ -78,8 +78,9 @@ _FIB16 = 40503  # Fibonacci hashing multiplier for 16 bits (2**16 / golden ratio
 # protocol, source, destination, source port, destination port, TCP data offset.
 _ETH_IP_TCP = struct.Struct("!12xHBxH2xHxB2xIIHH8xB")
 _TCP = struct.Struct("!HHIIBBH")  # as sensor.frames
-# Message: header, then for DATA n keys (int64 hi), n keys (int64 c), n line sizes (int64), the lines, pickled
-# detector items; for DONE and FAILED a pickle. Header: kind, watermark, n, lines bytes, pickle bytes, progress.
+# Message: header, then for DATA n keys (int64 hi), n keys (int64 c), the lines (a pickled list of bytes: split
+# back into lines in C, not by slicing in Python), pickled detector items; for DONE and FAILED a pickle.
+# Header: kind, watermark, n, lines bytes, pickle bytes, progress.
 _HDR = struct.Struct("<BqqqqqQ")
 DATA, DONE, FAILED = 0, 1, 2
 _NL = orjson.OPT_APPEND_NEWLINE
@@ -106,6 +107,55 @@ def shard_of(src: bytes, dst: bytes, sport: int, dport: int, proto: int, n: int)
 
 def segment_shard(seg: Segment, n: int) -> int:
     return shard_of(seg.src, seg.dst, seg.sport, seg.dport, seg.proto, n)
+
+
+class SkipState:
+    """What the reader's filter (``make_skip``) and ShardPipeline.run_shard share.
+
+    ``thr``: a dropped record must not be later than this (so every idle sweep and detector tick happens at the
+    record where one process would run it: such records are passed on); ``max_ts``: the latest dropped timestamp
+    (it advances the flow table's clock); ``left``: records that may still be dropped before a progress watermark
+    is due; ``ts``/``offset``: the last dropped record, which may be the capture's last (end-of-capture messages
+    point at it).
+    """
+
+    __slots__ = ("left", "max_ts", "offset", "path", "report", "thr", "ts")
+
+    def __init__(self, path: str, report: SourceReport) -> None:
+        self.path, self.report = path, report
+        self.thr = -1  # the first record is always passed on
+        self.max_ts = 0
+        self.left = WATERMARK_EVERY
+        self.ts = 0
+        self.offset = -1
+
+
+def make_skip(me: int, n: int, st: SkipState) -> Skip:
+    """The reader's filter for worker ``me`` of ``n``: drops Ethernet/IPv4/TCP packets of the other workers' flows
+    (the same test and hash as run_shard's fast path), unless their time matters (``st.thr``, ``st.left``)."""
+    unpack = _ETH_IP_TCP.unpack_from
+
+    def skip(buf: bytes, at: int, caplen: int, ts: int, linktype: int, offset: int) -> bool:
+        if linktype != 1 or caplen < 54 or ts > st.thr:
+            return False
+        etype, vihl, total, frag, proto, src, dst, sport, dport, doff = unpack(buf, at)
+        if (
+            etype != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF or doff < 0x50
+            or 20 + (doff >> 4) * 4 > total or total + 14 > caplen
+        ):  # fmt: skip
+            return False
+        x = src ^ dst
+        if ((((x ^ (x >> 16) ^ sport ^ dport ^ 6) & 0xFFFF) * _FIB16) >> 16) % n == me:
+            return False
+        st.left -= 1
+        if st.left < 0:
+            return False
+        if ts > st.max_ts:
+            st.max_ts = ts
+        st.ts, st.offset = ts, offset
+        return True
+
+    return skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,11 +314,10 @@ class ShardPipeline(Pipeline):
         hi, c = self.keys_hi[:n], self.keys_c[:n]
         del self.keys_hi[:n], self.keys_c[:n]
         det, self.det = self.det, []
-        blob = b"".join(lines)
+        blob = pickle.dumps(lines, pickle.HIGHEST_PROTOCOL) if n else b""  # the parent gets a list back in C
         dpk = pickle.dumps(det, pickle.HIGHEST_PROTOCOL) if det else b""
         head = _HDR.pack(kind, watermark, n, len(blob), len(dpk), *self.progress)
-        sizes = np.array([len(x) for x in lines], np.int64).tobytes()
-        parts = [head, np.array(hi, np.int64).tobytes(), np.array(c, np.int64).tobytes(), sizes, blob, dpk]
+        parts = [head, np.array(hi, np.int64).tobytes(), np.array(c, np.int64).tobytes(), blob, dpk]
         if self.fd is not None:
             _write_all(self.fd, parts)
         else:
@@ -280,8 +329,9 @@ class ShardPipeline(Pipeline):
         self.own = False
         self.flows.sweep(ts, rec)
 
-    def run_shard(self, records: Iterable[Record]) -> None:
-        """Pipeline.run for one shard."""
+    def run_shard(self, records: Iterable[Record], st: SkipState | None = None) -> None:
+        """Pipeline.run for one shard. With ``st`` the reader already dropped most of the other shards' packets
+        (``make_skip``): the record index is then ``Record.frame`` and the dropped records' time is in ``st``."""
         decode = self.frames.decode
         unpack_tcp = _TCP.unpack_from
         unpack_eth_ip = _ETH_IP_TCP.unpack_from
@@ -293,24 +343,34 @@ class ShardPipeline(Pipeline):
         c = self.counters
         packets = c.packets
         nbytes = c.bytes
+        ticks = self.ticks
+        next_wm = WATERMARK_EVERY
         rec: Record | None = None
         r = 0
         for rec in records:
-            r += 1
-            if not r & WATERMARK_EVERY:
+            if st is None:
+                r += 1
+                nbytes += len(rec.data)
+            else:
+                r = rec.frame
+                if st.max_ts > flows.now:  # the dropped records before this one advanced capture time
+                    flows.now = st.max_ts
+            packets = r
+            if r >= next_wm:
+                next_wm = r + WATERMARK_EVERY
                 self._flush_events()
-                self.progress = (packets, nbytes)
+                self.progress = (packets, nbytes if st is None else st.report.bytes)
                 self.send(r)
-            packets += 1
+                if st is not None:
+                    st.left = WATERMARK_EVERY
             data = rec.data
-            nbytes += len(data)
             ts = rec.ts
             if ts >= self._next_tick:
                 if c.first_ts is None:
                     c.first_ts = ts
                 c.packets, c.bytes = packets, nbytes
                 self._next_tick = ts + TICK_NS
-                if self.ticks:
+                if ticks:
                     self.det.append(((r << 2) | PH_TICK, 0, ts))
             # Ethernet, IPv4 without options, not a fragment, TCP with sane lengths: a Segment for any decoder,
             # built here as FrameDecoder's fast path builds it, and sharded without building it when not ours.
@@ -325,41 +385,50 @@ class ShardPipeline(Pipeline):
             else:
                 fast = False
             if fast:
+                is_seg = True
                 x = src ^ dst
-                if ((((x ^ (x >> 16) ^ sport ^ dport ^ 6) & 0xFFFF) * _FIB16) >> 16) % n != me:
-                    if ts > flows.now:
-                        flows.now = ts
-                        if ts - flows.last_sweep > sweep_ns:
-                            self._sweep(ts, rec, r)
-                    continue
-                _sp, _dp, seq, ack, _off, flags, _win = unpack_tcp(data, 34)
-                seg = Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + hl : end])
+                if ((((x ^ (x >> 16) ^ sport ^ dport ^ 6) & 0xFFFF) * _FIB16) >> 16) % n == me:
+                    _sp, _dp, seq, ack, _off, flags, _win = unpack_tcp(data, 34)
+                    seg = Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + hl : end])
+                else:
+                    seg = None
             else:
                 seg = decode(ts, rec.linktype, data)
-                if seg is None:
-                    continue
-                if segment_shard(seg, n) != me:
-                    if ts > flows.now:
-                        flows.now = ts
-                        if ts - flows.last_sweep > sweep_ns:
-                            self._sweep(ts, rec, r)
-                    continue
-            if ts > flows.now:  # FlowTable.process's own first step, done here so sweeps get their phase
+                is_seg = seg is not None
+                if seg is not None and segment_shard(seg, n) != me:
+                    seg = None
+            if is_seg and ts > flows.now:  # FlowTable.process's own first step, here so sweeps get their phase
                 flows.now = ts
                 if ts - flows.last_sweep > sweep_ns:
                     self._sweep(ts, rec, r)
-            self.hi = (r << 2) | PH_OWN
-            self.own = True
-            process(seg, rec)
-            while flows.next_id >= len(created):
-                created.append(r)
+            if seg is not None:
+                self.hi = (r << 2) | PH_OWN
+                self.own = True
+                process(seg, rec)
+                while flows.next_id >= len(created):
+                    created.append(r)
+            if st is not None:  # the next dropped record must not need a sweep or a tick
+                thr = flows.last_sweep + sweep_ns
+                st.thr = min(thr, self._next_tick - 1) if ticks else thr
+        last: PacketRef | None = rec
+        if st is not None:
+            if st.max_ts > flows.now:
+                flows.now = st.max_ts
+            packets, nbytes = st.report.records, st.report.bytes
+            if st.offset >= 0 and (rec is None or rec.frame < st.report.records):  # the last record was dropped
+                last = PacketRef(st.path, st.report.records, st.offset)
+                c.last_ts = max(c.last_ts or 0, st.ts)
+                if c.first_ts is None:
+                    c.first_ts = st.ts
+                rec = None
         c.packets, c.bytes = packets, nbytes
         self.progress = (packets, nbytes)
         if rec is not None:
             c.last_ts = max(c.last_ts or 0, rec.ts)
             if c.first_ts is None:
                 c.first_ts = rec.ts
-            self._last_packet = rec
+        if last is not None:
+            self._last_packet = last
 
     def finish(self) -> dict[str, Any]:
         """End of capture: close every flow (phase END), ship the rest; the shard's stats."""
@@ -379,7 +448,9 @@ def _work(
         report = SourceReport()
         p = ShardPipeline(config, observer, index, n, fd, events, ship, ticks)
         p.open()
-        p.run_shard(read_captures(files, report))
+        paths = expand_paths(files)
+        st = SkipState(paths[0], report) if len(paths) == 1 else None  # see read_captures: one file only
+        p.run_shard(read_captures(files, report, make_skip(index, n, st) if st else None), st)
         stats = p.finish()
         done = {
             "stats": stats, "last_ts": p.counters.last_ts, "files": report.files, "problems": report.problems,
@@ -408,7 +479,7 @@ class _Buffer:
     def __init__(self) -> None:
         self.hi = np.empty(0, np.int64)
         self.c = np.empty(0, np.int64)
-        self.lines: list[memoryview] = []
+        self.lines: list[bytes] = []
         self.det: list[tuple[int, int, Any]] = []
         self.watermark = 0
         self.done: dict[str, Any] | None = None
@@ -421,18 +492,15 @@ class _Buffer:
             raise EOFError
         kind, wm, n, blen, dlen, packets, nbytes = _HDR.unpack(head)
         self.progress = (packets, nbytes)
-        buf = _read_exact(fd, (24 * n + blen + dlen) if kind == DATA else dlen)
+        buf = _read_exact(fd, (16 * n + blen + dlen) if kind == DATA else dlen)
         if kind != DATA:
             return kind, pickle.loads(buf)
         pos = 0
         if n:
             hi = np.frombuffer(buf, np.int64, n, pos)
             c = np.frombuffer(buf, np.int64, n, pos + 8 * n)
-            ends = np.cumsum(np.frombuffer(buf, np.int64, n, pos + 16 * n)) + (pos + 24 * n)
-            pos += 24 * n
-            mv = memoryview(buf)  # lines are views of the received bytes: no copy until the merged write
-            bounds = ends.tolist()
-            self.lines += [mv[a:b] for a, b in zip([pos, *bounds[:-1]], bounds, strict=True)]
+            pos += 16 * n
+            self.lines += pickle.loads(memoryview(buf)[pos : pos + blen])
             self.hi = np.concatenate((self.hi, hi)) if len(self.hi) else hi
             self.c = np.concatenate((self.c, c)) if len(self.c) else c
             pos += blen
@@ -441,7 +509,7 @@ class _Buffer:
         self.watermark = wm
         return kind, None
 
-    def take(self, limit: int) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+    def take(self, limit: int) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
         """Documents with key below ``limit``."""
         k = int(np.searchsorted(self.hi, limit, "left")) if len(self.hi) else 0
         hi, c, lines = self.hi[:k], self.c[:k], self.lines[:k]
@@ -471,13 +539,13 @@ class _Parent:
         self.alerts = 0
         self.alerts_by_rule: dict[str, int] = {}
 
-    def events(self, lines: Sequence[memoryview]) -> None:
+    def events(self, lines: Sequence[bytes]) -> None:
         if not lines:
             return
         if self.chunks:
             batch: list[Any] = [b"".join(lines)]
         elif self.json_events:
-            batch = [bytes(x) for x in lines]
+            batch = list(lines)
         else:
             batch = [orjson.loads(x) for x in lines]
         for s in self.outputs.events:

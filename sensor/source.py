@@ -11,7 +11,7 @@ import heapq
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -28,6 +28,11 @@ PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD = 16 * 1024 * 1024  # larger than any real snap length: a bigger record length is corruption
 CHUNK = 1 << 20
+
+# A reader's record filter: skip(buffer, data offset, captured length, timestamp ns, linktype, record offset in the
+# file) -> True to drop the record without building it (it is still counted in the SourceReport). Parallel replay shards with it, so a
+# worker pays a few struct reads, not a Record, for each packet of another worker's flows.
+Skip = Callable[[bytes, int, int, int, int, int], bool]
 
 
 class CaptureError(Exception):
@@ -102,8 +107,8 @@ class _Chunks:
         return len(self.buf) - self.pos
 
 
-def read_capture(path: str, report: SourceReport) -> Iterator[Record]:
-    """Records of one pcap or pcapng file (optionally gzip-compressed)."""
+def read_capture(path: str, report: SourceReport, skip: Skip | None = None) -> Iterator[Record]:
+    """Records of one pcap or pcapng file (optionally gzip-compressed), less those ``skip`` drops."""
     try:
         f = _open(path)
         head = f.read(4)
@@ -114,9 +119,9 @@ def read_capture(path: str, report: SourceReport) -> Iterator[Record]:
     report.files.append(path)
     try:
         if head in PCAP_MAGICS:
-            yield from _read_pcap(path, f, head, report)
+            yield from _read_pcap(path, f, head, report, skip)
         elif head == PCAPNG_SHB:
-            yield from _read_pcapng(path, f, head, report)
+            yield from _read_pcapng(path, f, head, report, skip)
         else:
             raise CaptureError(f"{path}: not a pcap or pcapng capture (magic {head.hex() or 'empty'})")
     except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as e:
@@ -125,7 +130,7 @@ def read_capture(path: str, report: SourceReport) -> Iterator[Record]:
         f.close()
 
 
-def _read_pcap(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> Iterator[Record]:
+def _read_pcap(path: str, f: BinaryIO, magic: bytes, report: SourceReport, skip: Skip | None) -> Iterator[Record]:
     order, nano = PCAP_MAGICS[magic]
     c = _Chunks(f)
     c.buf, c.base = magic, 0
@@ -154,7 +159,9 @@ def _read_pcap(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> It
                 break
             frame += 1
             nbytes += caplen
-            yield Record(path, frame, base + pos, sec * 1_000_000_000 + frac * mult, linktype, buf[pos + 16 : nxt], wirelen)
+            ts = sec * 1_000_000_000 + frac * mult
+            if skip is None or not skip(buf, pos + 16, caplen, ts, linktype, base + pos):
+                yield Record(path, frame, base + pos, ts, linktype, buf[pos + 16 : nxt], wirelen)
             pos = nxt
         c.pos = pos
         report.records += frame - first
@@ -186,7 +193,7 @@ def _tsresol_to_ns(v: int) -> tuple[int, int]:
     return 1, 10 ** (v - 9)
 
 
-def _read_pcapng(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> Iterator[Record]:
+def _read_pcapng(path: str, f: BinaryIO, magic: bytes, report: SourceReport, skip: Skip | None) -> Iterator[Record]:
     """pcapng (draft-ietf-opsawg-pcapng): SHB, IDB, EPB, SPB and the obsolete PB; other blocks skipped."""
     c = _Chunks(f)
     c.buf, c.base = magic, 0
@@ -257,7 +264,8 @@ def _read_pcapng(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> 
             frame += 1
             report.records += 1
             report.bytes += caplen
-            yield Record(path, frame, off, ts, linktype, buf[data_at : data_at + caplen], wirelen)
+            if skip is None or not skip(buf, data_at, caplen, ts, linktype, off):
+                yield Record(path, frame, off, ts, linktype, buf[data_at : data_at + caplen], wirelen)
         elif btype_i == 3:  # Simple Packet Block: interface 0, no timestamp
             if not ifaces:
                 report.problems.append(f"{path}: simple packet block at offset {off} before any interface")
@@ -272,7 +280,8 @@ def _read_pcapng(path: str, f: BinaryIO, magic: bytes, report: SourceReport) -> 
             report.records += 1
             report.bytes += caplen
             # SPB carries no timestamp; 0 keeps it first in a merge and deterministic.
-            yield Record(path, frame, off, 0, linktype, buf[body + 4 : body + 4 + caplen], wirelen)
+            if skip is None or not skip(buf, body + 4, caplen, 0, linktype, off):
+                yield Record(path, frame, off, 0, linktype, buf[body + 4 : body + 4 + caplen], wirelen)
 
 
 def _options(buf: bytes, pos: int, end: int, order: str) -> Iterator[tuple[int, bytes]]:
@@ -305,8 +314,12 @@ def expand_paths(paths: list[str]) -> list[str]:
     return out
 
 
-def read_captures(paths: list[str], report: SourceReport) -> Iterator[Record]:
-    """Every record of every capture, merged in timestamp order (ties keep file order, so a replay is stable)."""
+def read_captures(paths: list[str], report: SourceReport, skip: Skip | None = None) -> Iterator[Record]:
+    """Every record of every capture, merged in timestamp order (ties keep file order, so a replay is stable).
+
+    ``skip`` filters records inside the reader; it is honoured for a single file only, where the record number
+    (``Record.frame``) is also the position in the replay (a caller counting skipped records relies on that).
+    """
     files = expand_paths(paths)
     if not files:
         raise CaptureError("no capture files found in " + ", ".join(paths))
@@ -322,6 +335,6 @@ def read_captures(paths: list[str], report: SourceReport) -> Iterator[Record]:
         if head not in PCAP_MAGICS and head != PCAPNG_SHB:
             raise CaptureError(f"{path}: not a pcap or pcapng capture (magic {head.hex() or 'empty'})")
     if len(files) == 1:
-        yield from read_capture(files[0], report)
+        yield from read_capture(files[0], report, skip)
         return
     yield from heapq.merge(*(read_capture(p, report) for p in files), key=lambda r: r.ts)
