@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -23,6 +24,20 @@ from sensor.outputs.ecs import Observer
 from sensor.outputs.ndjson import NdjsonSink
 from sensor.pipeline import Outputs, Pipeline
 from sensor.source import CaptureError, SourceReport, expand_paths, read_captures
+
+AUTO_PARALLEL_BYTES = 64 << 20  # below this, forking workers costs more than it saves
+
+
+def default_workers(files: list[str]) -> int:
+    """One worker per CPU for a large replay (issue 10's default), one process for a small one."""
+    cpus = os.cpu_count() or 1
+    if cpus < 2:
+        return 1
+    size = 0
+    for f in files:
+        with contextlib.suppress(OSError):
+            size += os.path.getsize(f)
+    return cpus if size >= AUTO_PARALLEL_BYTES else 1
 
 
 def tune_gc() -> None:
@@ -102,13 +117,13 @@ def main() -> None:
 @click.option("--rules", "rules_paths", metavar="PATH", multiple=True, help="Rule file or directory (repeatable), added to the shipped pack.")
 @click.option("--no-builtin-rules", is_flag=True, help="Do not load the shipped rule pack (rules/).")
 @click.option("--es", "es_urls", metavar="URL", multiple=True, help="Also send to Elasticsearch at URL (repeatable; see `es setup`).")
-@click.option("--workers", type=click.IntRange(min=0), default=1, is_flag=False, flag_value=0, metavar="N", help="Worker processes, flows sharded by hash; the same output as one process. 0 or no N: one per CPU.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, is_flag=False, flag_value=0, metavar="N", help="Worker processes, flows sharded by hash; the same output as one process. 0 or no N: one per CPU. Default: one per CPU for captures of 64 MiB or more, else 1.")
 @click.option("--model", "model_path", metavar="PATH", help="Score traffic against a model from `ics-sensor train` (baseline + anomaly model).")
 @click.option("--model-learn", "model_learn", metavar="PATH", help="With --model: keep learning slowly (guarded) and save the updated model to PATH.")
 def replay(
     captures: tuple[str, ...], events_path: str | None, alerts_path: str | None, stats_path: str | None,
     config_path: str | None, quiet: bool, report_path: str | None = None, rules_paths: tuple[str, ...] = (),
-    no_builtin_rules: bool = False, es_urls: tuple[str, ...] = (), workers: int = 1,
+    no_builtin_rules: bool = False, es_urls: tuple[str, ...] = (), workers: int | None = None,
     model_path: str | None = None, model_learn: str | None = None, assets_path: str | None = None,
 ) -> None:  # fmt: skip
     """Replay pcap/pcapng captures (files, gzip'd files or directories) through the sensor."""
@@ -137,7 +152,7 @@ def replay(
     if report_path:
         html_report.rule_pack = rule_pack_summary(detectors)
     detectors = [*detectors, *model_detectors(config, model_path, model_learn)]  # issue 6: learned baseline + model
-    workers = workers or os.cpu_count() or 1
+    workers = default_workers(files) if workers is None else workers or os.cpu_count() or 1
     if workers > 1:  # issue 10: sharded over processes (sensor/parallel.py), documents identical to one process
         from sensor.parallel import ParallelError, replay_parallel
 

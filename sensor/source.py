@@ -107,8 +107,10 @@ class _Chunks:
         return len(self.buf) - self.pos
 
 
-def read_capture(path: str, report: SourceReport, skip: Skip | None = None) -> Iterator[Record]:
-    """Records of one pcap or pcapng file (optionally gzip-compressed), less those ``skip`` drops."""
+def read_capture(path: str, report: SourceReport, skip: Skip | None = None, listed: bool = False) -> Iterator[Record]:
+    """Records of one pcap or pcapng file (optionally gzip-compressed), less those ``skip`` drops.
+
+    The file is added to ``report.files`` when opened, unless the caller ``listed`` it already."""
     try:
         f = _open(path)
         head = f.read(4)
@@ -116,7 +118,8 @@ def read_capture(path: str, report: SourceReport, skip: Skip | None = None) -> I
         raise CaptureError(f"{path}: cannot open: {e.strerror or e}") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise CaptureError(f"{path}: bad gzip data: {e}") from None
-    report.files.append(path)
+    if not listed:
+        report.files.append(path)
     try:
         if head in PCAP_MAGICS:
             yield from _read_pcap(path, f, head, report, skip)
@@ -337,4 +340,36 @@ def read_captures(paths: list[str], report: SourceReport, skip: Skip | None = No
     if len(files) == 1:
         yield from read_capture(files[0], report, skip)
         return
-    yield from heapq.merge(*(read_capture(p, report) for p in files), key=lambda r: r.ts)
+    yield from _merge_lazily(files, report)
+
+
+def _first_ts(path: str) -> int:
+    """Timestamp of a file's first record; -1 when it has none (it is opened at once, to report why)."""
+    for rec in read_capture(path, SourceReport()):
+        return rec.ts
+    return -1
+
+
+def _merge_lazily(files: list[str], report: SourceReport) -> Iterator[Record]:
+    """The order of ``heapq.merge`` by timestamp (ties: earlier file first), opening each file only when its
+    first record is due: a directory of thousands of rotated captures holds one or two open at a time, not all."""
+    report.files += files  # in the order given, as if all were opened now
+    pending = sorted((_first_ts(p), i, p) for i, p in enumerate(files))
+    pending.reverse()  # pop() from the end: earliest first
+    heap: list[tuple[int, int, Record, Iterator[Record]]] = []
+    while heap or pending:
+        while pending and (not heap or pending[-1][:2] <= heap[0][:2]):
+            _, i, path = pending.pop()
+            it = read_capture(path, report, listed=True)
+            for rec in it:
+                heapq.heappush(heap, (rec.ts, i, rec, it))
+                break
+        if not heap:
+            continue
+        _, i, rec, it = heap[0]
+        yield rec
+        for nxt in it:
+            heapq.heapreplace(heap, (nxt.ts, i, nxt, it))
+            break
+        else:
+            heapq.heappop(heap)

@@ -180,6 +180,28 @@ def test_directory_merged_in_time_order_ties_keep_file_order(tmp_path: Path) -> 
 
 
 # -- damage ---------------------------------------------------------------------------------------------------
+def test_directory_of_many_rotated_files_keeps_few_open(tmp_path: Path) -> None:
+    """A week of rotated captures: thousands of files, time-disjoint, replayed in order with one or two open."""
+    import os
+
+    d = tmp_path / "week"
+    d.mkdir()
+    frames = _frames(3)
+    n = 1500  # more than the usual 1024 open-file limit
+    for i in range(n):
+        write_pcap(d / f"cap{i:05d}.pcap", 1, [(T0 + (3 * i + j) * NS, frames[j]) for j in range(3)])
+    before = len(os.listdir("/proc/self/fd"))
+    most = 0
+    report = SourceReport()
+    got = []
+    for r in read_captures([str(d)], report):
+        most = max(most, len(os.listdir("/proc/self/fd")) - before) if r.frame == 2 else most
+        got.append((Path(r.file or "").name, r.frame, r.ts))
+    assert most <= 2
+    assert got == [(f"cap{i:05d}.pcap", j + 1, T0 + (3 * i + j) * NS) for i in range(n) for j in range(3)]
+    assert report.records == 3 * n and report.problems == [] and len(report.files) == n
+
+
 def _record_offsets(frames: list[bytes]) -> list[int]:
     offs, pos = [], 24
     for f in frames:
