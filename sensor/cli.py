@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
 
 from sensor import __version__
+from sensor.checkpoint import Checkpoint, CheckpointError
 from sensor.cli_assets import asset_feeds
 from sensor.cli_assets import assets as assets_command
 from sensor.cli_es import attach_es, es_group, es_summary
@@ -23,7 +25,31 @@ from sensor.config import Config, ConfigError, load_config
 from sensor.outputs.ecs import Observer
 from sensor.outputs.ndjson import NdjsonSink
 from sensor.pipeline import Outputs, Pipeline
-from sensor.source import CaptureError, SourceReport, expand_paths, read_captures
+from sensor.source import CaptureError, Record, SourceReport, expand_paths, read_captures
+
+
+def open_checkpoint(
+    path: str, every_s: float, files: list[str], outputs: dict[str, str | None], report_path: str | None
+) -> Checkpoint:
+    """The replay's checkpoint, checked against the outputs it can resume; exits with the reason when unusable."""
+    if report_path:
+        fail("--checkpoint does not work with --report (the report is built in memory); use the NDJSON outputs")
+    if "-" in outputs.values():
+        fail("--checkpoint needs output files, not standard output")
+    try:
+        ckpt = Checkpoint.open(path, files, every_s)
+    except (CheckpointError, OSError) as e:
+        fail(str(e))
+    if ckpt.records and not ckpt.complete:
+        for kind, p in outputs.items():
+            if not p:
+                continue
+            if p not in ckpt.outputs:
+                fail(f"--{kind} {p}: not an output of the checkpointed replay; resume with the same outputs")
+            if not os.path.exists(p) or os.path.getsize(p) < ckpt.outputs[p]:
+                fail(f"--{kind} {p}: shorter than at the checkpoint ({ckpt.outputs[p]:,} bytes); cannot resume")
+    return ckpt
+
 
 AUTO_PARALLEL_BYTES = 64 << 20  # below this, forking workers costs more than it saves
 
@@ -120,11 +146,14 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=None, is_flag=False, flag_value=0, metavar="N", help="Worker processes, flows sharded by hash; the same output as one process. 0 or no N: one per CPU. Default: one per CPU for captures of 64 MiB or more, else 1.")
 @click.option("--model", "model_path", metavar="PATH", help="Score traffic against a model from `ics-sensor train` (baseline + anomaly model).")
 @click.option("--model-learn", "model_learn", metavar="PATH", help="With --model: keep learning slowly (guarded) and save the updated model to PATH.")
+@click.option("--checkpoint", "checkpoint_path", metavar="PATH", help="Resumable replay: record progress in PATH; run the same command again to resume after an interruption (one process).")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="SECONDS", help="Seconds between checkpoints.")
 def replay(
     captures: tuple[str, ...], events_path: str | None, alerts_path: str | None, stats_path: str | None,
     config_path: str | None, quiet: bool, report_path: str | None = None, rules_paths: tuple[str, ...] = (),
     no_builtin_rules: bool = False, es_urls: tuple[str, ...] = (), workers: int | None = None,
     model_path: str | None = None, model_learn: str | None = None, assets_path: str | None = None,
+    checkpoint_path: str | None = None, checkpoint_every: float = 30.0,
 ) -> None:  # fmt: skip
     """Replay pcap/pcapng captures (files, gzip'd files or directories) through the sensor."""
     try:
@@ -132,10 +161,17 @@ def replay(
         files = expand_paths(list(captures))
     except (ConfigError, CaptureError) as e:
         fail(str(e))
+    paths = {"events": events_path, "alerts": alerts_path, "stats": stats_path, "assets": assets_path}
+    ckpt = open_checkpoint(checkpoint_path, checkpoint_every, files, paths, report_path) if checkpoint_path else None
+    if ckpt is not None and ckpt.complete:
+        if not quiet:
+            click.echo(f"nothing to do: {checkpoint_path} says this replay is complete", err=True)
+        return
+    resume = ckpt is not None and ckpt.records > 0
     outputs = Outputs()
-    for path, kind in ((events_path, "events"), (alerts_path, "alerts"), (stats_path, "stats"), (assets_path, "assets")):
+    for kind, path in paths.items():
         if path:
-            getattr(outputs, kind).append(NdjsonSink(path))
+            getattr(outputs, kind).append(NdjsonSink(path, ckpt.outputs[path] if resume and ckpt else None))
     try:
         es_sink = attach_es(outputs, config, es_urls)
     except ConfigError as e:
@@ -153,6 +189,8 @@ def replay(
         html_report.rule_pack = rule_pack_summary(detectors)
     detectors = [*detectors, *model_detectors(config, model_path, model_learn)]  # issue 6: learned baseline + model
     workers = default_workers(files) if workers is None else workers or os.cpu_count() or 1
+    if ckpt is not None:
+        workers = 1  # checkpoints are taken by the single-process pipeline
     if workers > 1:  # issue 10: sharded over processes (sensor/parallel.py), documents identical to one process
         from sensor.parallel import ParallelError, replay_parallel
 
@@ -177,9 +215,22 @@ def replay(
         return
     pipe = Pipeline(config, outputs, detectors=detectors, observer=observer_from(config))
     update, prog = _progress(files)
+    records: Iterable[Record] = read_captures(files, report)
+    base = ckpt.records if ckpt is not None else 0
+    if base:  # resumed: read past what the checkpoint says was done
+        records = itertools.islice(records, base, None)
+    mark = None
+    if ckpt is not None:
+        ndjson = [s for s in outputs.all() if isinstance(s, NdjsonSink)]
+
+        def mark(packets: int) -> None:
+            if ckpt.due():
+                pipe.flush_outputs()
+                ckpt.save(base + packets, {s.path: s.position() for s in ndjson})
+
     try:
         pipe.open()
-        pipe.run(read_captures(files, report), progress=update)
+        pipe.run(records, progress=update, mark=mark)
     except CaptureError as e:
         fail(str(e))
     except OSError as e:
@@ -190,7 +241,14 @@ def replay(
     stats = pipe.close()
     stats["source_problems"] = list(report.problems)
     save_learned(detectors, model_learn)
+    if ckpt is not None:
+        try:
+            ckpt.save(base + stats["packets"], {p: os.path.getsize(p) for p in paths.values() if p}, complete=True)
+        except CheckpointError as e:
+            fail(str(e))
     if not quiet:
+        if base:
+            click.echo(f"resumed from {checkpoint_path}: the first {base:,} records were done before", err=True)
         for line in summary_lines(stats, report):
             click.echo(line, err=True)
         if es_sink is not None:

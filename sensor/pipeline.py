@@ -159,8 +159,14 @@ class Pipeline:
             s.open()
         self.started = time.perf_counter()
 
-    def run(self, records: Iterable[Record], progress: Callable[[int, int], None] | None = None) -> None:
-        """Process every record. ``progress(packets, bytes)`` is called every 64k packets."""
+    def run(
+        self,
+        records: Iterable[Record],
+        progress: Callable[[int, int], None] | None = None,
+        mark: Callable[[int], None] | None = None,
+    ) -> None:
+        """Process every record. ``progress(packets, bytes)`` is called every 64k packets, ``mark(packets)`` every
+        4096 (between records, every document of the records so far generated: a checkpoint can be taken)."""
         decode = self.frames.decode
         process = self.flows.process
         c = self.counters
@@ -179,14 +185,25 @@ class Pipeline:
             seg = decode(ts, rec.linktype, rec.data)
             if seg is not None:
                 process(seg, rec)
-            if progress is not None and not packets & 0xFFFF:
-                progress(packets, nbytes)
+            if not packets & 0xFFF:
+                if progress is not None and not packets & 0xFFFF:
+                    progress(packets, nbytes)
+                if mark is not None:
+                    c.packets, c.bytes = packets, nbytes
+                    mark(packets)
         c.packets, c.bytes = packets, nbytes
         if rec is not None:
             c.last_ts = max(c.last_ts or 0, rec.ts)
             if c.first_ts is None:
                 c.first_ts = rec.ts
             self._last_packet = rec
+
+    def flush_outputs(self) -> None:
+        """Hand every buffered document to the sinks and have them push it out (a checkpoint follows)."""
+        self._flush_events()
+        self._flush_alerts()
+        for s in self.outputs.all():
+            s.flush()
 
     def flush(self, extra_stats: dict[str, Any] | None = None, ts: int | None = None) -> None:
         """Live mode, about once a minute: push buffered documents and a stats document to the sinks."""

@@ -61,6 +61,42 @@ def _find_tpkt(buf: bytes, start: int) -> int:
     return -1
 
 
+_ACK_ROSCTRS = (C.ROSCTR_ACK, C.ROSCTR_ACK_DATA)
+_S7_HEADER = W.S7_HEADER.unpack_from
+_DATA_HEAD = W.DATA_ITEM.unpack_from
+_ROSCTR_NAME = C.ROSCTR_NAMES.get
+_RETURN_CODE = C.RETURN_CODES.get
+# Fields that follow from the function code alone, merged into the message in one step.
+_FUNCTION_FIELDS: tuple[dict[str, Any], ...] = tuple(
+    {"function": k, "function_name": C.FUNCTIONS[k][0], "access": C.FUNCTIONS[k][1]} if k in C.FUNCTIONS
+    else {"function": k, "function_name": "unknown", "access": "other"}
+    for k in range(256)
+)  # fmt: skip
+_ERROR_FIELDS: dict[int, dict[str, Any]] = {}  # header error class << 8 | code -> its fields, filled on use
+
+
+def _error_fields(err: int) -> dict[str, Any]:
+    """Header error fields of Ack/Ack_Data (error class, code, names), built once per value."""
+    ef = _ERROR_FIELDS.get(err)
+    if ef is None:
+        ecls = err >> 8
+        ef = {"error_class": ecls, "error_class_name": C.ERROR_CLASSES.get(ecls, "unknown"),
+              "error_code": err & 0xFF, "is_error": err != 0}  # fmt: skip
+        if err:
+            ef["error_name"] = C.ERROR_CODES.get(err, "unknown")
+        if len(_ERROR_FIELDS) < 4096:
+            _ERROR_FIELDS[err] = ef
+    return ef
+
+
+def _extra(f: dict[str, Any]) -> dict[str, Any]:
+    """Fields an S7comm anomaly carries from its message."""
+    extra = {"rosctr": f["rosctr"], "pdu_reference": f["pdu_reference"]}
+    if "function" in f:
+        extra["function"] = f["function"]
+    return extra
+
+
 class S7commDecoder:
     name = "s7comm"
     transport = "tcp"
@@ -99,12 +135,15 @@ class S7commDecoder:
         self, state: S7State, from_client: bool, data: bytes, ts: int, packet: PacketRef, gap: bool
     ) -> Iterable[Message | Anomaly]:
         i = 0 if from_client else 1
+        bufs = state.bufs
+        segs = state.segs
         if gap:  # bytes lost: partial TPKT, COTP segments and S7comm-plus continuation are unusable
-            state.bufs[i] = b""
-            state.segs[i] = None
+            bufs[i] = b""
+            segs[i] = None
             state.seg_len[i] = 0
             state.plus_cont[i] = False
-        buf = state.bufs[i] + data if state.bufs[i] else data
+        prev = bufs[i]
+        buf = prev + data if prev else data
         out: list[Message | Anomaly] = []
         pos, n = 0, len(buf)
         if gap and n >= 6 and (buf[0] != 3 or buf[1] != 0):
@@ -128,9 +167,14 @@ class S7commDecoder:
             if end > n:
                 break
             state.good += 1
-            self._cotp(state, i, from_client, buf[pos + 4 : end], ts, packet, out)
+            # Common case in place: one unsegmented DT TPDU (length indicator 2, EOT) carrying S7comm.
+            if length > 7 and buf[pos + 4] == 2 and buf[pos + 5] >> 4 == C.COTP_DT and buf[pos + 6] & 0x80 \
+                    and buf[pos + 7] == C.S7COMM_PROT_ID and segs[i] is None:  # fmt: skip
+                self._s7(state, from_client, buf, pos + 7, end, 1, ts, packet, out)
+            else:
+                self._cotp(state, i, from_client, buf[pos + 4 : end], ts, packet, out)
             pos = end
-        state.bufs[i] = buf[pos:] if pos < n else b""
+        bufs[i] = buf[pos:] if pos < n else b""
         return out
 
     def close(self, state: S7State, ts: int, packet: PacketRef) -> Iterable[Message | Anomaly]:
@@ -196,7 +240,7 @@ class S7commDecoder:
                 return  # empty DT (S7-1200 keep-alive)
             pid = payload[0]
             if pid == C.S7COMM_PROT_ID:
-                self._s7(state, from_client, payload, nseg, ts, packet, out)
+                self._s7(state, from_client, payload, 0, len(payload), nseg, ts, packet, out)
             elif pid == C.S7COMM_PLUS_PROT_ID:
                 self._plus(state, i, from_client, payload, ts, packet, out)
             elif state.requests + state.responses + state.plus_messages == 0:
@@ -222,94 +266,95 @@ class S7commDecoder:
 
     # -- S7comm --------------------------------------------------------------------------------------------
     def _s7(
-        self, state: S7State, from_client: bool, pl: bytes, nseg: int, ts: int, packet: PacketRef,
-        out: list[Message | Anomaly],
+        self, state: S7State, from_client: bool, buf: bytes, start: int, end: int, nseg: int, ts: int,
+        packet: PacketRef, out: list[Message | Anomaly],
     ) -> None:  # fmt: skip
-        """Header (Wireshark dissect_s7comm), then parameter and data by ROSCTR."""
-        n = len(pl)
+        """Header (Wireshark dissect_s7comm) of the PDU buf[start:end], then parameter and data by ROSCTR."""
+        n = end - start
         flow = state.flow
-        if n < 10 or (n < 12 and pl[1] in (C.ROSCTR_ACK, C.ROSCTR_ACK_DATA)):
+        if n < 12 and (n < 10 or buf[start + 1] in _ACK_ROSCTRS):
             out.append(Anomaly(ts, "s7comm", flow, from_client, "s7comm.invalid_header",
                                f"S7 PDU of {n} bytes", packet))  # fmt: skip
             return
-        _pid, rosctr, _red, pduref, parlg, datlg = W.S7_HEADER.unpack_from(pl, 0)
+        _pid, rosctr, _red, pduref, parlg, datlg = _S7_HEADER(buf, start)
         f: dict[str, Any] = {
-            "protocol_id": 0x32, "rosctr": rosctr, "rosctr_name": C.ROSCTR_NAMES.get(rosctr, "unknown"),
+            "protocol_id": 0x32, "rosctr": rosctr, "rosctr_name": _ROSCTR_NAME(rosctr, "unknown"),
             "pdu_reference": pduref, "parameter_length": parlg, "data_length": datlg,
         }  # fmt: skip
         if nseg > 1:
             f["cotp_segments"] = nseg
         msg = Message(ts, "s7comm", flow, from_client, f, packet)
         out.append(msg)
-        hlen = 10
-        if rosctr in (C.ROSCTR_ACK, C.ROSCTR_ACK_DATA):
-            hlen = 12
-            ecls, ecod = pl[10], pl[11]
-            f["error_class"] = ecls
-            f["error_class_name"] = C.ERROR_CLASSES.get(ecls, "unknown")
-            f["error_code"] = ecod
-            err = ecls << 8 | ecod
-            f["is_error"] = err != 0
-            if err:
-                f["error_name"] = C.ERROR_CODES.get(err, "unknown")
-        elif rosctr not in (C.ROSCTR_JOB, C.ROSCTR_USERDATA):
+        if rosctr == C.ROSCTR_JOB or rosctr == C.ROSCTR_USERDATA:
+            p0 = start + 10
+        elif rosctr == C.ROSCTR_ACK_DATA or rosctr == C.ROSCTR_ACK:
+            p0 = start + 12
+            f.update(_error_fields(buf[start + 10] << 8 | buf[start + 11]))
+        else:
             out.append(Anomaly(ts, "s7comm", flow, from_client, "s7comm.unknown_rosctr", f"ROSCTR {rosctr}", packet,
                                {"pdu_reference": pduref}))  # fmt: skip
             return
-        problems: list[tuple[str, str]] = []
-        if hlen + parlg + datlg != n:
-            problems.append(("s7comm.length_mismatch",
-                             f"header {hlen} + parameter {parlg} + data {datlg} bytes, PDU has {n}"))  # fmt: skip
-        param = pl[hlen : hlen + parlg]
-        data = pl[hlen + parlg : hlen + parlg + datlg]
+        # parameter and data, clipped to the PDU as slices of it would be
+        p1 = p0 + parlg
+        p2 = p1 + datlg
+        mismatch = p2 != end
+        if p1 > end:
+            p1 = end
+        if p2 > end:
+            p2 = end
+        param = buf[p0:p1]
+        data = buf[p1:p2]
         limit = self.max_items
         if rosctr == C.ROSCTR_JOB:
             f["is_request"] = True
             problem = self._job(param, data, f, limit)
-            self._request(state, (C.ROSCTR_JOB, pduref), ts, f, packet, out)
+            key = (C.ROSCTR_JOB, pduref)
+            pending = state.pending
+            state.requests += 1
+            if key in pending or len(pending) >= self.max_outstanding:
+                self._crowded(state, key, ts, f, packet, out)
+            pending[key] = (ts, f)
         elif rosctr == C.ROSCTR_USERDATA:
-            problem = self._userdata(state, from_client, param, data, f, limit)
-            typ = f.get("userdata_type")
+            problem, typ = self._userdata(state, from_client, param, data, f, limit)
             f["is_request"] = typ == C.UD_TYPE_REQ
             if typ == C.UD_TYPE_REQ:
-                self._request(state, (C.ROSCTR_USERDATA, pduref), ts, f, packet, out)
+                key = (C.ROSCTR_USERDATA, pduref)
+                pending = state.pending
+                state.requests += 1
+                if key in pending or len(pending) >= self.max_outstanding:
+                    self._crowded(state, key, ts, f, packet, out)
+                pending[key] = (ts, f)
             elif typ == C.UD_TYPE_RES:
                 self._answer(state, (C.ROSCTR_USERDATA, pduref), ts, f, msg, packet, out)
         else:
             f["is_request"] = False
             problem = self._ack(param, data, f, limit) if param else None
             self._answer(state, (C.ROSCTR_JOB, pduref), ts, f, msg, packet, out)
+        if mismatch:
+            out.append(Anomaly(ts, "s7comm", flow, from_client, "s7comm.length_mismatch",
+                               f"header {p0 - start} + parameter {parlg} + data {datlg} bytes, PDU has {n}",
+                               packet, _extra(f)))  # fmt: skip
         if problem is not None:
-            problems.append(problem)
-        for name, reason in problems:
-            out.append(Anomaly(ts, "s7comm", flow, from_client, name, reason, packet,
-                               {k: f[k] for k in ("rosctr", "pdu_reference", "function") if k in f}))  # fmt: skip
-
-    def _function(self, param: bytes, f: dict[str, Any]) -> int:
-        func = param[0]
-        meta = C.FUNCTIONS.get(func)
-        f["function"] = func
-        f["function_name"] = meta[0] if meta else "unknown"
-        f["access"] = meta[1] if meta else "other"
-        return func
+            out.append(Anomaly(ts, "s7comm", flow, from_client, problem[0], problem[1], packet, _extra(f)))
 
     def _job(self, param: bytes, data: bytes, f: dict[str, Any], limit: int) -> W.Problem:
         if not param:
             return ("s7comm.truncated_parameter", "Job without a parameter")
-        func = self._function(param, f)
-        if func in (C.FUNC_READ_VAR, C.FUNC_WRITE_VAR):
+        func = param[0]
+        f.update(_FUNCTION_FIELDS[func])
+        if func == C.FUNC_READ_VAR or func == C.FUNC_WRITE_VAR:
             if len(param) < 2:
                 return ("s7comm.truncated_parameter", "item count missing")
             problem = W.items(param, f, limit)
             if func == C.FUNC_WRITE_VAR:
-                p2 = W.data_items(data, f["item_count"], f, limit)
+                p2 = W.data_items(data, param[1], f, limit)
                 problem = problem or p2
             return problem
         if func == C.FUNC_SETUP:
             return W.setup(param, f)
         if C.FUNC_REQUEST_DOWNLOAD <= func <= C.FUNC_END_UPLOAD:
             return W.updownload_job(func, param, f)
-        if func in (C.FUNC_PI_SERVICE, C.FUNC_PLC_STOP):
+        if func == C.FUNC_PI_SERVICE or func == C.FUNC_PLC_STOP:
             return W.pi_service(func, param, f)
         f["parameter"] = W.hexs(param[1:], self.max_value_bytes)
         if func not in C.FUNCTIONS:
@@ -317,8 +362,9 @@ class S7commDecoder:
         return None
 
     def _ack(self, param: bytes, data: bytes, f: dict[str, Any], limit: int) -> W.Problem:
-        func = self._function(param, f)
-        if func in (C.FUNC_READ_VAR, C.FUNC_WRITE_VAR):
+        func = param[0]
+        f.update(_FUNCTION_FIELDS[func])
+        if func == C.FUNC_READ_VAR or func == C.FUNC_WRITE_VAR:
             if len(param) < 2:
                 return ("s7comm.truncated_parameter", "item count missing")
             count = f["item_count"] = param[1]
@@ -327,7 +373,7 @@ class S7commDecoder:
             else:
                 problem = W.write_answer(data, count, f, limit)
             rcs = f["return_code"]
-            if rcs and all(rc != 0xFF for rc in rcs):
+            if rcs and 0xFF not in rcs:
                 f["is_error"] = True
             return problem
         if func == C.FUNC_SETUP:
@@ -341,23 +387,24 @@ class S7commDecoder:
 
     def _userdata(
         self, state: S7State, from_client: bool, param: bytes, data: bytes, f: dict[str, Any], limit: int
-    ) -> W.Problem:
-        problem = W.userdata_param(param, f)
-        if "subfunction" not in f:
-            return problem
-        grp, subf, typ = f["function_group"], f["subfunction"], f["userdata_type"]
+    ) -> tuple[W.Problem, int | None]:
+        """Parameter head, data header and (reassembled) data; returns the problem and the userdata type."""
+        problem, tg, subf, dur, last = W.userdata_param(param, f)
+        if tg < 0:
+            return problem, None
+        typ = tg >> 6
         if len(data) < 4:
-            return problem or (None if not data else ("s7comm.truncated_data", "userdata data header truncated"))
-        rc, _ts, dlen = W._DATA_ITEM.unpack_from(data, 0)
+            return problem or (None if not data else ("s7comm.truncated_data", "userdata data header truncated")), typ
+        rc, _ts, dlen = _DATA_HEAD(data, 0)
         f["return_code"] = rc
-        f["return_code_name"] = C.RETURN_CODES.get(rc, "unknown")
+        f["return_code_name"] = _RETURN_CODE(rc, "unknown")
         body = data[4 : 4 + dlen]
         if 4 + dlen > len(data):
             problem = problem or ("s7comm.truncated_data", f"userdata data of {dlen} bytes, {len(data) - 4} present")
-        dur = f.get("data_unit_reference", 0)
-        key = (from_client, dur, grp, subf)
+        grp = tg & 0x3F
         frags = state.ud_frags
-        if f.get("last_data_unit") is False:
+        if last is False:
+            key = (from_client, dur, grp, subf)
             parts = frags.get(key)
             if parts is None:
                 if len(frags) >= MAX_UD_OPEN:
@@ -368,35 +415,36 @@ class S7commDecoder:
             parts.append(body)
             if sum(len(p) for p in parts) > MAX_UD_BYTES:
                 del frags[key]
-                return problem or ("s7comm.userdata_reassembly_overflow", f"fragments beyond {MAX_UD_BYTES} bytes")
+                return problem or ("s7comm.userdata_reassembly_overflow", f"fragments beyond {MAX_UD_BYTES} bytes"), typ
             f["fragment"] = True
-            return problem
-        if dur and key in frags:
-            parts = frags.pop(key)
-            parts.append(body)
-            body = b"".join(parts)
-            f["reassembled"] = True
+            return problem, typ
+        if dur and frags:
+            key = (from_client, dur, grp, subf)
+            if key in frags:
+                parts = frags.pop(key)
+                parts.append(body)
+                body = b"".join(parts)
+                f["reassembled"] = True
         p2 = W.userdata_data(grp, subf, typ, body, f, limit)
-        return problem or p2
+        return problem or p2, typ
 
     # -- pairing -------------------------------------------------------------------------------------------
-    def _request(
+    def _crowded(
         self, state: S7State, key: tuple[int, int], ts: int, f: dict[str, Any], packet: PacketRef,
         out: list[Message | Anomaly],
     ) -> None:  # fmt: skip
-        state.requests += 1
+        """A request whose reference is outstanding already, or one beyond the cap (the caller then stores it)."""
         pending = state.pending
         if key in pending:
             state.unanswered += 1
             out.append(Anomaly(ts, "s7comm", state.flow, True, "s7comm.duplicate_pdu_reference",
                                f"PDU reference {key[1]} reused before its answer", packet,
                                {"pdu_reference": key[1], "rosctr": f["rosctr"]}))  # fmt: skip
-        elif len(pending) >= self.max_outstanding:
+        else:
             pending.pop(next(iter(pending)))
             state.unanswered += 1
             out.append(Anomaly(ts, "s7comm", state.flow, True, "s7comm.outstanding_overflow",
                                f"more than {self.max_outstanding} unanswered requests", packet))  # fmt: skip
-        pending[key] = (ts, f)
 
     def _answer(
         self, state: S7State, key: tuple[int, int], ts: int, f: dict[str, Any], msg: Message, packet: PacketRef,
@@ -404,14 +452,17 @@ class S7commDecoder:
     ) -> None:  # fmt: skip
         state.responses += 1
         req = state.pending.pop(key, None)
-        f["matched"] = req is not None
         if req is not None:
+            f["matched"] = True
             msg.duration_ns = ts - req[0]
             rq = req[1]
-            rf = rq.get("function", rq.get("subfunction"))
+            rf = rq.get("function")
+            if rf is None:
+                rf = rq.get("subfunction")
             if rf is not None:
                 f["request_function"] = rf
         else:
+            f["matched"] = False
             state.unmatched += 1
             if not state.flow.midstream:
                 out.append(Anomaly(ts, "s7comm", state.flow, False, "s7comm.unmatched_response",

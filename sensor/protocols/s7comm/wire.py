@@ -25,8 +25,10 @@ U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
 _SETUP = struct.Struct(">BHHH")  # reserved, max AmQ calling, max AmQ called, PDU length
 _ITEM_ANY = struct.Struct(">BHHBBH")  # transport size, length, DB, area, address (3 bytes as B + H)
-_DATA_ITEM = struct.Struct(">BBH")  # return code, transport size, length
+DATA_ITEM = _DATA_ITEM = struct.Struct(">BBH")  # return code, transport size, length
 _UD_PARAM = struct.Struct(">3sBBBBB")  # head 00 01 12, length, method, type|group, subfunction, sequence
+_UD_UNIT = struct.Struct(">BBH")  # data unit reference, last data unit (0 yes), parameter error code
+_U16X2 = struct.Struct(">HH")
 _SZL_HEAD = struct.Struct(">HHHH")  # SZL-ID, index, record length, record count
 _PLUS_REQ = struct.Struct(">BHHHH")  # opcode, reserved, function, reserved, sequence number
 
@@ -299,35 +301,53 @@ def setup(param: bytes, f: Fields) -> Problem:
 
 
 # -- Userdata (s7comm_decode_ud) ---------------------------------------------------------------------------
-def userdata_param(param: bytes, f: Fields) -> Problem:
-    """Userdata parameter head: returns a Problem when shorter than 8 bytes (12 with data unit fields)."""
-    if len(param) < 8:
-        return ("s7comm.truncated_parameter", f"userdata parameter of {len(param)} bytes, needs 8")
-    _head, plen, method, tg, subf, seq = _UD_PARAM.unpack_from(param, 0)
+def _ud_fields(tg: int, subf: int) -> Fields:
+    """Fields that follow from the type|group byte and the sub-function alone (names, access)."""
     typ, grp = tg >> 6, tg & 0x3F
-    f["method"] = method
-    f["userdata_type"] = typ
-    f["userdata_type_name"] = C.USERDATA_TYPES.get(typ, "unknown")
-    f["function_group"] = grp
     gmeta = C.FUNCTION_GROUPS.get(grp)
-    f["function_group_name"] = gmeta[0] if gmeta else "unknown"
-    f["subfunction"] = subf
     sname = C.SUBFUNCTIONS.get(grp, {}).get(subf, "unknown")
-    f["subfunction_name"] = sname
-    f["function_name"] = sname
-    f["access"] = C.SUBFUNCTION_ACCESS.get((grp, subf)) or (gmeta[1] if gmeta else "other")
+    return {
+        "userdata_type": typ, "userdata_type_name": C.USERDATA_TYPES.get(typ, "unknown"), "function_group": grp,
+        "function_group_name": gmeta[0] if gmeta else "unknown", "subfunction": subf, "subfunction_name": sname,
+        "function_name": sname, "access": C.SUBFUNCTION_ACCESS.get((grp, subf)) or (gmeta[1] if gmeta else "other"),
+    }  # fmt: skip
+
+
+_UD_FIELDS: dict[int, Fields] = {}  # type|group << 8 | sub-function -> _ud_fields, filled on use
+
+
+def userdata_param(param: bytes, f: Fields) -> tuple[Problem, int, int, int, bool | None]:
+    """Userdata parameter head: (problem, type|group byte, sub-function, data unit reference, last data unit).
+
+    The type|group byte is -1 when the parameter is shorter than 8 bytes (nothing decoded); the problem is set
+    then and when data unit fields are announced but missing (12 bytes). The data unit reference is 0 and last
+    data unit None when the parameter carries none.
+    """
+    if len(param) < 8:
+        return ("s7comm.truncated_parameter", f"userdata parameter of {len(param)} bytes, needs 8"), -1, 0, 0, None
+    _head, plen, method, tg, subf, seq = _UD_PARAM.unpack_from(param, 0)
+    f["method"] = method
+    key = tg << 8 | subf
+    udf = _UD_FIELDS.get(key)
+    if udf is None:
+        udf = _ud_fields(tg, subf)
+        if len(_UD_FIELDS) < 4096:
+            _UD_FIELDS[key] = udf
+    f.update(udf)
     f["sequence_number"] = seq
     if plen >= 8:
         if len(param) < 12:
-            return ("s7comm.truncated_parameter", "userdata parameter announces 8 bytes, data unit fields missing")
-        f["data_unit_reference"] = param[8]
-        f["last_data_unit"] = param[9] == 0
-        err = U16.unpack_from(param, 10)[0]
+            problem = ("s7comm.truncated_parameter", "userdata parameter announces 8 bytes, data unit fields missing")
+            return problem, tg, subf, 0, None
+        dur, last, err = _UD_UNIT.unpack_from(param, 8)
+        f["data_unit_reference"] = dur
+        f["last_data_unit"] = last = last == 0
         f["param_error_code"] = err
         if err:
             f["param_error_name"] = C.ERROR_CODES.get(err, "unknown")
             f["is_error"] = True
-    return None
+        return None, tg, subf, dur, last
+    return None, tg, subf, 0, None
 
 
 def userdata_data(grp: int, subf: int, typ: int, data: bytes, f: Fields, limit: int) -> Problem:

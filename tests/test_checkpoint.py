@@ -1,0 +1,114 @@
+"""Resumable replay (issue 10): interrupted after a checkpoint, resumed, nothing lost and nothing written twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from sensor.checkpoint import Checkpoint
+from sensor.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Crash(Exception):
+    """Stands for the process dying right after a checkpoint."""
+
+
+def _replay(cap: Path, out: Path, *extra: str) -> CliRunner:
+    return CliRunner().invoke(
+        main,
+        ["replay", str(cap), "--events", str(out / "ev.ndjson"), "--alerts", str(out / "al.ndjson"),
+         "--stats", str(out / "st.ndjson"), "-q", *extra],
+    )  # fmt: skip
+
+
+def _keys(lines: list[bytes]) -> list[tuple]:
+    """What identifies an event document: the packet it came from and what it says."""
+    out = []
+    for line in lines:
+        d = orjson.loads(line)
+        out.append(
+            (d["ics"].get("frame"), d["event"].get("action"), orjson.dumps(d["ics"], option=orjson.OPT_SORT_KEYS))
+        )
+    return out
+
+
+@pytest.fixture
+def capture(shared_pcaps: Path) -> Path:
+    return shared_pcaps / "zeek" / "modbusBig.pcap"  # 13,622 packets: three checkpoints at 4,096 records apart
+
+
+def test_resume_after_a_crash_writes_every_document_once(
+    tmp_path: Path, capture: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir(), run.mkdir()
+    assert _replay(capture, ref).exit_code == 0
+    ckpt = str(run / "ck.json")
+
+    saved: list[int] = []
+    real_save = Checkpoint.save
+
+    def save_then_die(self: Checkpoint, records: int, outputs: dict[str, int], complete: bool = False) -> None:
+        real_save(self, records, outputs, complete)
+        saved.append(records)
+        if len(saved) == 2:
+            raise Crash
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_die)
+    res = _replay(capture, run, "--checkpoint", ckpt, "--checkpoint-every", "0")
+    assert isinstance(res.exception, Crash)
+    assert saved == [4096, 8192]
+    monkeypatch.undo()
+    at = orjson.loads(Path(ckpt).read_bytes())
+    assert at["records"] == 8192 and not at["complete"]
+    ev = run / "ev.ndjson"
+    with ev.open("ab") as f:  # half a document written after the checkpoint when the process died
+        f.write(b'{"@timestamp":"2015-')
+
+    res = _replay(capture, run, "--checkpoint", ckpt)
+    assert res.exit_code == 0, res.output
+    assert orjson.loads(Path(ckpt).read_bytes())["complete"] is True
+
+    want = (ref / "ev.ndjson").read_bytes()
+    got = ev.read_bytes()
+    cut = at["outputs"][str(ev)]
+    assert 0 < cut < len(want)
+    assert got[:cut] == want[:cut]  # before the checkpoint: byte for byte the uninterrupted replay
+    before = want[:cut].splitlines()
+    after_want, after_got = _keys(want[cut:].splitlines()), _keys(got[cut:].splitlines())  # every line parses
+    # Nothing written twice: no document of a record before the checkpoint again after it.
+    last_frame_before = max(k[0] for k in _keys(before))
+    assert all(k[0] > 8192 for k in after_got) and last_frame_before <= 8192
+    # Nothing lost: after the checkpoint, the same documents as without the interruption. (A request answered
+    # after the checkpoint would differ, see sensor/checkpoint.py; at record 8192 of this capture none is pending.)
+    assert after_got == after_want
+    # Resuming a finished replay does nothing.
+    res = _replay(capture, run, "--checkpoint", ckpt)
+    assert res.exit_code == 0 and ev.read_bytes() == got
+
+
+def test_checkpoint_of_another_replay_or_unusable_outputs_is_refused(tmp_path: Path, capture: Path) -> None:
+    ck = tmp_path / "ck.json"
+    Checkpoint(str(ck), [["elsewhere.pcap", 1, 1]]).save(10, {})
+    res = _replay(capture, tmp_path, "--checkpoint", str(ck))
+    assert res.exit_code != 0 and "checkpoint of another replay" in res.output
+    res = CliRunner().invoke(main, ["replay", str(capture), "--events", "-", "--checkpoint", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "output files" in res.output
+    res = CliRunner().invoke(
+        main, ["replay", str(capture), "--report", str(tmp_path / "r.html"), "--checkpoint", str(tmp_path / "x")]
+    )
+    assert res.exit_code != 0 and "--report" in res.output
+    # A resume whose output file was cut shorter than at the checkpoint cannot be trusted.
+    ck.unlink()
+    good = Checkpoint.open(str(ck), [str(capture)])
+    good.save(4096, {str(tmp_path / "ev.ndjson"): 100, str(tmp_path / "al.ndjson"): 0, str(tmp_path / "st.ndjson"): 0})
+    (tmp_path / "ev.ndjson").write_bytes(b"x" * 10)
+    (tmp_path / "al.ndjson").write_bytes(b"")
+    (tmp_path / "st.ndjson").write_bytes(b"")
+    res = _replay(capture, tmp_path, "--checkpoint", str(ck))
+    assert res.exit_code != 0 and "shorter than at the checkpoint" in res.output
