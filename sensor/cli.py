@@ -266,5 +266,9 @@ main.add_command(rules_group)
 main.add_command(es_group)
 main.add_command(assets_command)  # issue 7: asset inventory
 
+from sensor.cluster import replay_cluster  # noqa: E402
+
+main.add_command(replay_cluster)  # issue 10: archives beyond one machine (Dask)
+
 if __name__ == "__main__":
     main()

@@ -94,17 +94,51 @@ def cotp_connection(code: int, tp: bytes, li: int, from_client: bool, f: Fields)
 
 
 # -- Read/Write Var (s7comm_decode_param_item, s7comm_decode_response_read_data) --------------------------
+_ITEM_FIELDS = ("syntax_id", "syntax_name", "transport_size", "transport_size_name", "length", "db_number", "area",
+                "area_name", "area_short", "address", "bit_address")  # fmt: skip
+_ITEMS_MEMO: dict[tuple[bytes, int], tuple[Problem, tuple[list[Any], ...]]] = {}
+_ITEMS_MEMO_MAX = 1024  # distinct request parameters remembered (a polling client repeats a few)
+_ITEMS_MEMO_BYTES = 256  # longer parameters are decoded every time
+
+
 def items(param: bytes, f: Fields, limit: int) -> Problem:
-    """Request items after the function code and item count."""
+    """Request items after the function code and item count.
+
+    A pure function of the parameter bytes: pollers repeat the same requests, so results are remembered
+    (bounded) and each message gets fresh copies of the lists.
+    """
+    f["item_count"] = param[1]
+    key = (param, limit)
+    hit = _ITEMS_MEMO.get(key)
+    if hit is None:
+        hit = _items(param, limit)
+        if len(param) <= _ITEMS_MEMO_BYTES:
+            if len(_ITEMS_MEMO) >= _ITEMS_MEMO_MAX:
+                _ITEMS_MEMO.clear()
+            _ITEMS_MEMO[key] = hit
+    problem, cols = hit
+    for name, col in zip(_ITEM_FIELDS, cols):
+        f[name] = col.copy()
+    return problem
+
+
+def _items(param: bytes, limit: int) -> tuple[Problem, tuple[list[Any], ...]]:
+    """The item columns in _ITEM_FIELDS order (only the first two when no item has an S7ANY address)."""
     count = param[1]
-    f["item_count"] = count
     sids: list[int | None] = []
+    snames: list[str] = []
     tsz: list[int | None] = []
+    tnames: list[str | None] = []
     lens: list[int | None] = []
     dbs: list[int | None] = []
     areas: list[int | None] = []
+    anames: list[str | None] = []
+    ashorts: list[str | None] = []
     addrs: list[int | None] = []
     bits: list[int | None] = []
+    any_area = False
+    syntax_name, tsize_name, area_meta = C.SYNTAX_IDS.get, C.ITEM_TRANSPORT_SIZES.get, C.AREAS.get
+    numbered = C.NUMBERED_AREAS
     problem: Problem = None
     pos, n = 2, len(param)
     for _ in range(min(count, limit)):
@@ -121,69 +155,72 @@ def items(param: bytes, f: Fields, limit: int) -> Problem:
             break
         sid = param[pos + 2]
         sids.append(sid)
+        snames.append(syntax_name(sid, "unknown"))
         if sid == C.SYNTAX_S7ANY and vlen >= 10:
             ts, ln, db, area, a_hi, a_lo = _ITEM_ANY.unpack_from(param, pos + 3)
             addr = a_hi << 16 | a_lo
+            any_area = True
             tsz.append(ts)
+            tnames.append(tsize_name(ts, "unknown"))
             lens.append(ln)
             dbs.append(db)
             areas.append(area)
-            if area in C.NUMBERED_AREAS:  # timers and counters are addressed by number, not byte.bit
+            meta = area_meta(area)
+            anames.append(meta[0] if meta else None)
+            ashorts.append(meta[1] if meta else None)
+            if area in numbered:  # timers and counters are addressed by number, not byte.bit
                 addrs.append(addr)
                 bits.append(None)
             else:
                 addrs.append(addr >> 3)
                 bits.append(addr & 7)
         else:
-            for lst in (tsz, lens, dbs, areas, addrs, bits):
+            for lst in (tsz, tnames, lens, dbs, areas, anames, ashorts, addrs, bits):
                 lst.append(None)
         pos = end
-    f["syntax_id"] = sids
-    f["syntax_name"] = [C.SYNTAX_IDS.get(s, "unknown") for s in sids]  # type: ignore[arg-type]
-    if any(a is not None for a in areas):
-        f["transport_size"] = tsz
-        f["transport_size_name"] = [None if t is None else C.ITEM_TRANSPORT_SIZES.get(t, "unknown") for t in tsz]
-        f["length"] = lens
-        f["db_number"] = dbs
-        f["area"] = areas
-        meta = [None if a is None else C.AREAS.get(a) for a in areas]
-        f["area_name"] = [m[0] if m else None for m in meta]
-        f["area_short"] = [m[1] if m else None for m in meta]
-        f["address"] = addrs
-        f["bit_address"] = bits
-    return problem
+    if not any_area:
+        return problem, (sids, snames)
+    return problem, (sids, snames, tsz, tnames, lens, dbs, areas, anames, ashorts, addrs, bits)
 
 
 def data_items(data: bytes, count: int, f: Fields, limit: int) -> Problem:
     """Data items (write request, read answer): return code, transport size, length, value, fill byte."""
     rcs: list[int] = []
+    rnames: list[str] = []
     tss: list[int] = []
     lns: list[int] = []
     vals: list[str] = []
+    rc_name = C.RETURN_CODES.get
+    in_bits = C.DATA_SIZE_IN_BITS
+    unpack = _DATA_ITEM.unpack_from
+    hx = data.hex()
     problem: Problem = None
     pos, n = 0, len(data)
+    last = count - 1
     for k in range(min(count, limit)):
         if pos + 4 > n:
-            if pos < n and k == count - 1 and data[pos] != 0xFF:  # a failed last item may stop after its code
+            if pos < n and k == last and data[pos] != 0xFF:  # a failed last item may stop after its code
                 rcs.append(data[pos])
+                rnames.append(rc_name(data[pos], "unknown"))
                 break
             problem = ("s7comm.truncated_data", f"data item {k + 1} of {count} missing")
             break
-        rc, ts, ln = _DATA_ITEM.unpack_from(data, pos)
-        nbytes = (ln + 7) >> 3 if ts in C.DATA_SIZE_IN_BITS else ln
+        rc, ts, ln = unpack(data, pos)
+        nbytes = (ln + 7) >> 3 if ts in in_bits else ln
         pos += 4
         if pos + nbytes > n:
             problem = ("s7comm.truncated_data", f"data item {k + 1} announces {nbytes} bytes, {n - pos} left")
             nbytes = n - pos
         rcs.append(rc)
+        rnames.append(rc_name(rc, "unknown"))
         tss.append(ts)
         lns.append(nbytes)
-        vals.append(data[pos : pos + min(nbytes, MAX_VALUE_BYTES)].hex())
+        vals.append(hx[2 * pos : 2 * (pos + (nbytes if nbytes < MAX_VALUE_BYTES else MAX_VALUE_BYTES))])
         pos += nbytes
-        if nbytes & 1 and k < count - 1:
+        if nbytes & 1 and k < last:
             pos += 1  # fill byte
     f["return_code"] = rcs
-    f["return_code_name"] = [C.RETURN_CODES.get(r, "unknown") for r in rcs]
+    f["return_code_name"] = rnames
     f["data_transport_size"] = tss
     f["data_item_length"] = lns
     f["values"] = vals
