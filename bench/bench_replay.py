@@ -1,15 +1,18 @@
 """Replay throughput and peak memory of the sensor beside tshark on the same large capture.
 
-    python bench/bench_replay.py [--protocol modbus|s7comm|mqtt|all] [--packets N] [--rules] [--workers N]
+    python bench/bench_replay.py [--protocol modbus|s7comm|mqtt|all|mixed] [--packets N] [--rules]
+                                 [--model PATH] [--workers N]
 
 Generates bench/out/<protocol>_<N>.pcap from the project's real-peer capture (bench/gen_capture.py) when it
-is missing, then times, on the same file:
+is missing (``mixed``: a third of each protocol merged in time order), then times, on the same file:
   - ics-sensor replay FILE --events /dev/null             (decode and write every event document)
   - ics-sensor replay FILE                                (decode only)
+  - with --rules: the shipped pack and alerts; with --model: rules, the model and alerts
   - tshark -r FILE -T fields -e <protocol fields>          (tshark's dissection of the same fields)
+Each sensor row runs with ``--workers 1`` and, with --workers N, again with N workers (the replay's default is
+one worker per CPU for captures of 64 MiB or more).
 and prints packets per second, the ratio to tshark, CPU seconds (user + system, workers included: wait4 counts
-the children the replay waited for) and peak memory. With --workers N > 1 each sensor row is run again with
-``--workers N``. Peak memory: wait4's ru_maxrss is the largest single process of the tree, not the sum, so the
+the children the replay waited for) and peak memory. Peak memory: wait4's ru_maxrss is the largest single process of the tree, not the sum, so the
 process tree's proportional set size (PSS, which shares forked pages fairly) is also sampled from /proc every 20 ms;
 the larger of the two is printed.
 Timings are figures to read, never assertions.
@@ -20,12 +23,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 # Site lists for the rule runs: the generated cells' HMIs and engineering workstations (10.a.b.10/.20).
 BENCH_CONFIG = ROOT / "bench" / "bench_sensor.yml"
 OUT = ROOT / "bench" / "out"
@@ -60,6 +65,20 @@ def tree_pss_kb(pid: int) -> int:
     return total
 
 
+def write_merged(parts: list[Path], path: Path) -> None:
+    """One Ethernet pcap of every record of ``parts`` in timestamp order (the sensor's own merge)."""
+    from sensor.source import SourceReport, read_captures
+
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))  # nanosecond pcap
+        rec_hdr = struct.Struct("<IIII")
+        for r in read_captures([str(p) for p in parts], SourceReport()):
+            f.write(rec_hdr.pack(r.ts // 1_000_000_000, r.ts % 1_000_000_000, len(r.data), r.wirelen))
+            f.write(r.data)
+    tmp.rename(path)
+
+
 def run(cmd: list[str]) -> tuple[float, int, float]:
     """Wall seconds, peak memory (MB: see the module docstring) and CPU seconds of one command, output discarded."""
     t = time.perf_counter()
@@ -79,6 +98,11 @@ def run(cmd: list[str]) -> tuple[float, int, float]:
 
 def ensure_capture(protocol: str, packets: int) -> Path:
     path = OUT / f"{protocol}_{packets}.pcap"
+    if protocol == "mixed" and not path.exists():  # a third of each protocol, merged in time order
+        parts = [ensure_capture(p, packets // 3 + (i < packets % 3)) for i, p in enumerate(TEMPLATES)]
+        write_merged(parts, path)
+        for part in parts:
+            part.unlink()
     if not path.exists():
         template, ports = TEMPLATES[protocol]
         subprocess.run([sys.executable, str(ROOT / "bench" / "gen_capture.py"), str(template), "--packets",
@@ -87,7 +111,7 @@ def ensure_capture(protocol: str, packets: int) -> Path:
 
 
 def bench(
-    protocol: str, packets: int, extra: list[str], rules: bool, workers: int = 1
+    protocol: str, packets: int, extra: list[str], rules: bool, workers: int = 1, model: str | None = None
 ) -> list[tuple[str, float, int, float]]:
     cap = ensure_capture(protocol, packets)
     sensor = shutil.which("ics-sensor") or "ics-sensor"
@@ -99,8 +123,12 @@ def bench(
     ]
     if rules:
         runs.append(("sensor, all rules + alerts", [*base, "--alerts", "/dev/null", "--config", str(BENCH_CONFIG)]))
-    if workers > 1:
-        runs += [(f"{label}, {workers} workers", [*cmd, "--workers", str(workers)]) for label, cmd in runs]
+    if model:
+        runs.append(("sensor, rules + model + alerts", [*base, "--alerts", "/dev/null", "--config", str(BENCH_CONFIG),
+                                                         "--model", model]))  # fmt: skip
+    one = [(f"{label}, 1 worker", [*cmd, "--workers", "1"]) for label, cmd in runs]
+    many = [(f"{label}, {workers} workers", [*cmd, "--workers", str(workers)]) for label, cmd in runs]
+    runs = [x for pair in zip(one, many, strict=True) for x in pair] if workers > 1 else one
     for label, cmd in runs:
         rows.append((label, *run(cmd)))
     tshark = shutil.which("tshark")
@@ -108,7 +136,7 @@ def bench(
         cmd = [tshark, "-n", "-r", str(cap), "-T", "fields"]
         for f in TSHARK_FIELDS[protocol]:
             cmd += ["-e", f]
-        if protocol == "modbus":
+        if protocol in ("modbus", "mixed"):
             cmd += ["-d", "tcp.port==5020,mbtcp"]
         rows.append(("tshark -T fields", *run(cmd)))
     return rows
@@ -116,16 +144,17 @@ def bench(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocol", default="modbus", choices=[*TEMPLATES, "all"])
+    ap.add_argument("--protocol", default="modbus", choices=[*TEMPLATES, "all", "mixed"])
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--rules", action="store_true", help="also run with the shipped rule pack and alerts written")
     ap.add_argument("--workers", type=int, default=1, help="also run each sensor row with --workers N (N > 1)")
+    ap.add_argument("--model", metavar="PATH", help="also run with rules and this model (ics-sensor train)")
     a = ap.parse_args()
     protocols = list(TEMPLATES) if a.protocol == "all" else [a.protocol]
     print(f"{'capture':<22} {'run':<42} {'seconds':>8} {'packets/s':>11} {'vs tshark':>9} {'peak MB':>8} {'cpu s':>7}")
     for p in protocols:
         n = a.packets
-        rows = bench(p, n, [], a.rules, a.workers)
+        rows = bench(p, n, [], a.rules, a.workers, a.model)
         ts = next((s for label, s, _, _ in rows if label.startswith("tshark")), None)
         for label, secs, mb, cpu in rows:
             ratio = f"{ts / secs:.2f}x" if ts else "-"
