@@ -2,12 +2,14 @@
 
 How the output stays byte for byte the same as ``Pipeline.run`` in one process:
 
-- Every worker reads and frame-decodes every record (cheap; the common Ethernet/IPv4/TCP case is sharded straight
-  from the raw bytes without building a ``Segment``) and keeps the packets whose flow hashes to it. The hash is
-  symmetric in the endpoints and stable across processes (integer arithmetic, never the salted ``hash()``; ``shard_of``), and is
-  taken after IP reassembly, so fragments of one datagram go where the datagram goes.
+- Every worker reads every record, but the reader itself drops (``make_skip``: a few struct reads, no ``Record``)
+  the Ethernet/IPv4/TCP packets of the other workers' flows; every other record is frame-decoded by every
+  worker, and sharded after IP reassembly, so fragments of one datagram go where the datagram goes. The hash
+  (``shard_of``) is symmetric in the endpoints and stable across processes (integer arithmetic, never the salted
+  ``hash()``).
 - Every worker advances capture time on every record that decodes to a segment, exactly as
-  ``FlowTable.process`` does, so idle sweeps, ticks and the end-of-capture close happen at the same records.
+  ``FlowTable.process`` does, so idle sweeps, ticks and the end-of-capture close happen at the same records: a
+  dropped record only moves the clock (``SkipState.max_ts``); one that would start a sweep or a tick is passed on.
 - Each emitted document gets a sort key ``(record index * 4 + phase, flow creation index)``. Phase: 0 detector
   tick, 1 idle sweep, 2 the record's own flow, 3 end of capture. One process sweeps and closes flows in creation
   order (flow table insertion order, ``flow_id`` order); a worker does the same for its flows, so the creation
@@ -22,15 +24,16 @@ How the output stays byte for byte the same as ``Pipeline.run`` in one process:
   Any detector may offer ``could_match(msg) -> bool`` (False only when the message cannot change its state) to be
   sent less; without it, it is sent every message, which is correct and slower.
 
-``FlowTable`` needs no change: its close order (``flow_id``) is creation order in every table, and ``flow_id`` is
-never in a document; the messages sent to the parent carry the creation record index as ``flow_id`` instead, which
-is unique across workers (the rule engine aggregates per flow id, the mapper caches per flow id).
+In a worker a flow's ``flow_id`` is the index of the record that created it: unique across workers (the rule
+engine aggregates per flow id, the mapper caches per flow id), in creation order (the order one process sweeps
+and closes flows in), and never in a document.
 Workers are forked (the compiled rules hold closures; fork also shares the loaded config without re-parsing).
 
-Cost, measured on 2 cores (bench/bench_replay.py --workers 2): each worker still reads every record (about
-0.6 us) and shards the others' (about 0.7 us), and the parent copies every line once more, so 2 workers spend
-about 1.45x the CPU of one process: the gain is small on 2 cores and grows with more. Stats ``frames`` and the
-packet and byte counts come from worker 0 (every worker sees every record); other counters are summed.
+Cost (bench/bench_replay.py --workers 2): a worker pays about 0.5 us for each packet of the others' flows, and
+each document is marshalled, piped and merged once more in the parent; see the README for the figures. Stats
+``frames`` and the packet and byte counts come from worker 0 (every worker sees every record); other counters
+are summed. With several input files the reader's filter is off (the merged record index is not the file's),
+and every worker builds every record.
 
 Known difference: when the flow-table cap is hit (stats ``tcp.evicted_cap`` > 0) each worker evicts from its own
 table, so which flows are evicted can differ from one process.
@@ -42,6 +45,7 @@ import bisect
 import contextlib
 import dataclasses
 import fcntl
+import marshal
 import multiprocessing as mp
 import os
 import pickle
@@ -58,7 +62,7 @@ import orjson
 
 from sensor.config import Config
 from sensor.frames import Segment
-from sensor.messages import Alert, Anomaly, FlowInfo, Message, PacketRef
+from sensor.messages import Alert, Anomaly, Message, PacketRef
 from sensor.outputs.base import Document
 from sensor.outputs.ecs import Observer
 from sensor.outputs.ndjson import NdjsonSink
@@ -78,8 +82,9 @@ _MIX_A, _MIX_B = 0x9E3779B1, 0x85EBCA77  # odd 32-bit multipliers (golden ratio;
 # protocol, source, destination, source port, destination port, TCP data offset.
 _ETH_IP_TCP = struct.Struct("!12xHBxH2xHxB2xIIHH8xB")
 _TCP = struct.Struct("!HHIIBBH")  # as sensor.frames
-# Message: header, then for DATA n keys (int64 hi), n keys (int64 c), the lines (a pickled list of bytes: split
-# back into lines in C, not by slicing in Python), pickled detector items; for DONE and FAILED a pickle.
+# Message: header, then for DATA n keys (int64 hi), n keys (int64 c), the lines (a marshalled list of bytes: split
+# back into lines in C, not by slicing in Python; between our own processes), pickled detector items; for DONE and
+# FAILED a pickle.
 # Header: kind, watermark, n, lines bytes, pickle bytes, progress.
 _HDR = struct.Struct("<BqqqqqQ")
 DATA, DONE, FAILED = 0, 1, 2
@@ -259,7 +264,6 @@ class ShardPipeline(Pipeline):
         self.index, self.n, self.fd = index, n, fd
         self.ship, self.ticks = ship, ticks
         self.keyed = events  # one key per event document
-        self.created = [0]  # flow_id -> index of the record that created the flow
         self.hi = 0  # record index * 4 + phase of what is being processed
         self.own = True
         self.keys_hi: list[int] = []
@@ -267,36 +271,20 @@ class ShardPipeline(Pipeline):
         self.det: list[tuple[int, int, Any]] = []
         self.sent: list[bytes] = []  # batches, when there is no connection (tests)
         self.progress = (0, 0)
-        self.flow_copies: dict[int, FlowInfo] = {}
         self.failure: Exception | None = None
 
-    def _created_at(self, flow_id: int) -> int:
-        """Index of the record that created a flow (this record when the flow is being created now)."""
-        created = self.created
-        return created[flow_id] if flow_id < len(created) else self.hi >> 2
-
     def _portable(self, m: Msg) -> Any:
-        """A copy of m for the parent: no packet bytes, and as flow id the flow's creation record index, unique
-        across workers, so per-flow aggregation and the mapper's per-flow cache stay per flow."""
+        """A copy of m for the parent: no packet bytes (the flow id is already unique across workers)."""
         p = m.packet
-        flow = m.flow
-        if flow is not None:
-            fid = flow.flow_id
-            flow = self.flow_copies.get(fid)
-            if flow is None:
-                if len(self.flow_copies) > 65536:
-                    self.flow_copies.clear()
-                flow = self.flow_copies[fid] = dataclasses.replace(m.flow, flow_id=self._created_at(fid))  # type: ignore[arg-type]
         if type(m) is Message:  # a plain tuple: pickling a slots dataclass costs ten times as much
             vals = list(_msg_values(m))
-            vals[_FLOW_AT] = flow
             vals[_PACKET_AT] = (p.file, p.frame, p.offset)
             return tuple(vals)  # type: ignore[return-value]
-        return dataclasses.replace(m, flow=flow, packet=PacketRef(p.file, p.frame, p.offset))  # type: ignore[arg-type]
+        return dataclasses.replace(m, packet=PacketRef(p.file, p.frame, p.offset))  # type: ignore[arg-type]
 
     def _on_message(self, m: Msg) -> None:
         try:
-            c = 0 if self.own or m.flow is None else self._created_at(m.flow.flow_id)
+            c = 0 if self.own or m.flow is None else m.flow.flow_id
             if self.keyed:
                 self.keys_hi.append(self.hi)
                 self.keys_c.append(c)
@@ -318,7 +306,7 @@ class ShardPipeline(Pipeline):
         hi, c = self.keys_hi[:n], self.keys_c[:n]
         del self.keys_hi[:n], self.keys_c[:n]
         det, self.det = self.det, []
-        blob = pickle.dumps(lines, pickle.HIGHEST_PROTOCOL) if n else b""  # the parent gets a list back in C
+        blob = marshal.dumps(lines) if n else b""  # a list of bytes both ways in C, no pickle memo per line
         dpk = pickle.dumps(det, pickle.HIGHEST_PROTOCOL) if det else b""
         head = _HDR.pack(kind, watermark, n, len(blob), len(dpk), *self.progress)
         parts = [head, np.array(hi, np.int64).tobytes(), np.array(c, np.int64).tobytes(), blob, dpk]
@@ -342,7 +330,6 @@ class ShardPipeline(Pipeline):
         flows = self.flows
         process = flows.process
         sweep_ns = flows.sweep_ns
-        created = self.created
         me, n = self.index, self.n
         c = self.counters
         packets = c.packets
@@ -410,9 +397,8 @@ class ShardPipeline(Pipeline):
             if seg is not None:
                 self.hi = (r << 2) | PH_OWN
                 self.own = True
+                flows.next_id = r - 1  # a flow created now gets this record's index as its id
                 process(seg, rec)
-                while flows.next_id >= len(created):
-                    created.append(r)
             if st is not None:  # the next dropped record must not need a sweep or a tick
                 thr = flows.last_sweep + sweep_ns
                 st.thr = min(thr, self._next_tick - 1) if ticks else thr
@@ -506,7 +492,7 @@ class _Buffer:
             hi = np.frombuffer(buf, np.int64, n, pos)
             c = np.frombuffer(buf, np.int64, n, pos + 8 * n)
             pos += 16 * n
-            self.lines += pickle.loads(memoryview(buf)[pos : pos + blen])
+            self.lines += marshal.loads(memoryview(buf)[pos : pos + blen])
             self.hi = np.concatenate((self.hi, hi)) if len(self.hi) else hi
             self.c = np.concatenate((self.c, c)) if len(self.c) else c
             pos += blen
