@@ -589,7 +589,9 @@ def _release(bufs: list[_Buffer], limit: int, parent: _Parent) -> None:
     elif parts:
         hi = np.concatenate([p[0] for p in parts])
         c = np.concatenate([p[1] for p in parts])
-        lines = [line for p in parts for line in p[2]]
+        lines: list[bytes] = []
+        for p in parts:
+            lines += p[2]  # extend in C
         order = np.lexsort((c, hi))  # stable: within one worker its own order is kept
         parent.events(itemgetter(*order.tolist())(lines) if len(order) > 1 else lines)
     if parent.detectors:
