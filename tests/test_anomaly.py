@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from detectors.anomaly import AnomalyDetector, LearnOptions, Model, ModelError
 from detectors.anomaly import baseline as baseline_mod
+from detectors.anomaly import features as features_mod
 from detectors.anomaly.baseline import Baseline, mqtt_match, span_words, topic_patterns, value_margin
 from detectors.anomaly.forest import Forest, Knn
 from detectors.anomaly.model import FORMAT_VERSION
@@ -289,3 +290,22 @@ def test_caps_evict_and_count(monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(12):
         b.learn_message(_msg(i, f"10.0.2.{i}"))
     assert len(b.talkers) == 5 and b.evicted["talkers"] == 7
+
+
+def test_register_memory_per_block_matches_per_register(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read values remembered a block at a time (features.WindowTracker._read) count exactly as register by
+    register: overlapping blocks, unchanged blocks, and evictions at the cap (here 4 registers)."""
+    monkeypatch.setattr(features_mod, "MAX_VALUE_MEMORY", 4)
+    flow = FlowInfo("10.0.0.7", 40000, "10.0.0.20", 502, "tcp", "1:x", 1)
+    tracker = features_mod.WindowTracker(60.0)
+    steps = [(0, [1, 2]), (1, [5, 6]), (0, [1, 5]), (3, [7, 8]), (0, [9, 5])]
+    for k, (ref, vals) in enumerate(steps):
+        fields = {"unit_id": 1, "function_code": 3, "is_request": False, "access": "read", "table": "holding_registers",
+                  "request_reference_number": ref, "values": vals, "length": 7}  # fmt: skip
+        m = Message(H + k, "modbus", flow, False, fields, PacketRef(None, 1, -1))
+        tracker.advance_to(m.ts)
+        tracker.add(m, features_mod.pair_of(m))
+    (w,) = tracker.windows.values()
+    # step 2: register 1 seen (2 -> 5); step 3: both seen, unchanged; steps 4-5: new registers evict the oldest
+    assert (w.values_read, w.values_changed, tracker.evicted) == (3, 1, 3)
+    assert len(tracker.last_values) == 4

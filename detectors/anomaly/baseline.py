@@ -32,6 +32,7 @@ GENERALIZE_AT = 5  # distinct values at one topic level (others equal) that beco
 MIN_VALUE_SAMPLES = 5  # fewer writes of a register than this: its value range is not checked
 VALUE_FALSE_ALARM = 1e-4  # chance per write that a value from the learned range lands outside the margin
 POLL_PERSIST = 3  # consecutive windows out of range before a polling-period deviation is reported
+MAX_MATCH_MEMO = 10_000  # memoised (topic pattern, topic) matches
 MIN_POLL_WINDOWS = 10  # windows with >= 3 requests of a signature before its polling period is checked
 S7_FUNCTION_NAMES = {
     0x00: "CPU services", 0x04: "Read Var", 0x05: "Write Var", 0x1A: "Request Download", 0x1B: "Download Block",
@@ -134,6 +135,10 @@ class Baseline:
         self._poll_samples: dict[str, list[float]] = {}  # training only: per-window mean periods
         self._span: tuple[int, str] = (-1, "")
         self._poll_streak: dict[str, int] = {}  # scoring only: consecutive windows out of the learned period range
+        # scoring only, caches of derived strings and results (cleared when full): see _check_modbus, _check_s7, _matches
+        self._unit_keys: dict[tuple[Pair, int], str] = {}
+        self._pair_keys: dict[Pair, str] = {}
+        self._match_memo: dict[tuple[str, str], bool] = {}
         self.evicted: dict[str, int] = {}
 
     # -- training ----------------------------------------------------------------------------------------------
@@ -264,9 +269,17 @@ class Baseline:
             self._span = (span, span_words(span))
         return self._span[1]
 
-    def check_message(self, m: Message) -> list[Deviation]:
-        p = pair_of(m)
+    def check_message(self, m: Message, p: Pair | None = None) -> list[Deviation]:
+        """Deviations of one message; ``p`` is its pair when the caller has it already."""
+        if p is None:
+            p = pair_of(m)
         pk = pair_str(p)
+        if pk in self.talkers:  # known pair: only client requests can deviate (see the _check_* below)
+            if m.protocol == "mqtt":
+                if not m.from_client:
+                    return []
+            elif m.protocol not in ("modbus", "s7comm") or not m.fields.get("is_request"):
+                return []
         out: list[Deviation] = []
         span = self.training_span()
         if pk not in self.talkers:
@@ -293,9 +306,15 @@ class Baseline:
         if not f.get("is_request"):
             return []
         unit = f.get("unit_id")
-        key = f"{p[0]}|{p[1]}:{p[3]}|{unit}"
+        if type(unit) is int:  # the usual case: the key string is cached per (pair, unit)
+            key = self._unit_keys.get((p, unit))
+            if key is None:
+                if len(self._unit_keys) >= CAPS["modbus"]:
+                    self._unit_keys.clear()
+                key = self._unit_keys[(p, unit)] = f"{p[0]}|{p[1]}:{p[3]}|{unit}"
+        else:
+            key = f"{p[0]}|{p[1]}:{p[3]}|{unit}"
         e = self.modbus.get(key)
-        who = f"from {p[0]} to unit {unit} of {p[1]}"
         acc = access_of(m)
         if e is None:
             if pair_str(p) not in self.talkers:
@@ -310,7 +329,7 @@ class Baseline:
             name = f.get("function_name") or "unknown"
             return [Deviation(
                 "new_function", f"{key}|{fc}", "Baseline: Modbus function code never seen",
-                f"function code {fc} ({name}) never seen {who} in {span} of training; first seen {clock(m.ts)}; "
+                f"function code {fc} ({name}) never seen from {p[0]} to unit {unit} of {p[1]} in {span} of training; first seen {clock(m.ts)}; "
                 f"learned: {', '.join(sorted(e['fc'], key=int))}",
                 "high" if acc == "write" else "medium", ("T0855",) if acc == "write" else ("T0888",), m,
                 {"function_code": fc, "learned_function_codes": sorted(int(x) for x in e["fc"])},
@@ -325,7 +344,7 @@ class Baseline:
                 learned = f"learned {r[0]}-{r[1]}" if r else f"no {acc} of {f.get('table')} learned"
                 out.append(Deviation(
                     "address_range", f"{key}|{rk}", "Baseline: Modbus address outside the learned range",
-                    f"{acc} of {f.get('table')} {ref}-{end} {who} outside the range of {span} of training ({learned})",
+                    f"{acc} of {f.get('table')} {ref}-{end} from {p[0]} to unit {unit} of {p[1]} outside the range of {span} of training ({learned})",
                     "high" if acc == "write" else "medium", ("T0861",) if acc == "read" else ("T0836",), m,
                     {"table": f.get("table"), "address_start": ref, "address_end": end, "learned_range": r},
                 ))  # fmt: skip
@@ -351,10 +370,16 @@ class Baseline:
         f = m.fields
         if not f.get("is_request") or pair_str(p) not in self.talkers:
             return []
-        key = f"{p[0]}|{p[1]}:{p[3]}"
+        key = self._pair_keys.get(p)
+        if key is None:
+            if len(self._pair_keys) >= CAPS["s7"]:
+                self._pair_keys.clear()
+            key = self._pair_keys[p] = f"{p[0]}|{p[1]}:{p[3]}"
         e = self.s7.get(key) or {"functions": {}, "areas": {}, "dbs": {}}
         out: list[Deviation] = []
-        fn = action_of(m)
+        fn = f.get("function")
+        if fn is None:
+            fn = action_of(m)
         if fn is not None and str(fn) not in e["functions"]:
             name = f.get("function_name") or (S7_FUNCTION_NAMES.get(fn, "unknown") if isinstance(fn, int) else str(fn))
             stop = fn in (0x28, 0x29)
@@ -375,6 +400,20 @@ class Baseline:
                 ))  # fmt: skip
         return out
 
+    def _matches(self, patterns: list[str], topic: str) -> bool:
+        """any(mqtt_match(x, topic) for x in patterns), memoised per (pattern, topic): a client publishes to the same
+        few topics over and over, and matching splits both strings."""
+        memo = self._match_memo
+        for x in patterns:
+            r = memo.get((x, topic))
+            if r is None:
+                if len(memo) >= MAX_MATCH_MEMO:
+                    memo.clear()
+                r = memo[(x, topic)] = mqtt_match(x, topic)
+            if r:
+                return True
+        return False
+
     def _check_mqtt(self, m: Message, p: Pair, span: str) -> list[Deviation]:
         if not m.from_client:
             return []
@@ -394,7 +433,7 @@ class Baseline:
         if t == 3 and f.get("topic") is not None:
             topic = f["topic"]
             pats = e["patterns"] or list(e["pub"])
-            if not any(mqtt_match(x, topic) for x in pats):
+            if not self._matches(pats, topic):
                 out.append(Deviation(
                     "mqtt_new_topic", f"{cid}|pub|{topic}", "Baseline: MQTT client published to a new topic",
                     f"MQTT client {cid!r} ({p[0]}) published to {topic!r}, never published in {span} of training; "

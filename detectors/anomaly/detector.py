@@ -186,18 +186,27 @@ class AnomalyDetector(_Windowed):
     def on_message(self, m: Message | Anomaly) -> Iterable[Alert]:
         if type(m) is not Message or m.protocol not in PROTOCOLS:
             return ()
-        out = self._advance(m.ts)
+        ts = m.ts
+        t = self.tracker
+        start = t.start
+        if start is not None and ts < start + t.width:  # inside the current window: what _advance would do
+            if ts > self.prev_ts:
+                self.prev_ts = ts
+            out: list[Alert] = []
+        else:
+            out = self._advance(ts)
         p = pair_of(m)
-        self.tracker.add(m, p)
-        self.last[p] = m
-        if len(self.last) > 50_000:
-            self.last.pop(next(iter(self.last)))
+        t.add(m, p)
+        last = self.last
+        last[p] = m
+        if len(last) > 50_000:
+            last.pop(next(iter(last)))
         if self.use_baseline:
-            devs = self.baseline.check_message(m)
+            devs = self.baseline.check_message(m, p)
             if devs:
                 if self.learner:
                     self.learner.observe(devs, m)
-                out += [a for d in devs if (a := self._deviation_alert(d, m.ts)) is not None]
+                out += [a for d in devs if (a := self._deviation_alert(d, ts)) is not None]
         return out
 
     def on_time(self, ts: int) -> Iterable[Alert]:

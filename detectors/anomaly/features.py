@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from operator import ne
 from typing import Any
 
 from sensor.messages import Message
@@ -43,8 +44,18 @@ def pair_of(m: Message) -> Pair:
     return (f.client_ip, f.server_ip, m.protocol, f.server_port)
 
 
+_PAIR_STRS: dict[Pair, str] = {}
+MAX_PAIR_STRS = 50_000  # cached pair names; cleared when full (a cache, not state)
+
+
 def pair_str(p: Pair) -> str:
-    return f"{p[0]}>{p[1]}:{p[3]}/{p[2]}"
+    """'client>server:port/protocol'. Cached: it is asked for on every message and the pairs are few."""
+    s = _PAIR_STRS.get(p)
+    if s is None:
+        if len(_PAIR_STRS) >= MAX_PAIR_STRS:
+            _PAIR_STRS.clear()
+        s = _PAIR_STRS[p] = f"{p[0]}>{p[1]}:{p[3]}/{p[2]}"
+    return s
 
 
 def is_request(m: Message) -> bool:
@@ -159,6 +170,7 @@ class Window:
 MAX_SIGNATURES_PER_WINDOW = 64
 MAX_VALUE_MEMORY = 100_000  # remembered (pair, unit, table, address) -> last value entries
 MAX_PAIRS_PER_WINDOW = 20_000  # host pairs featurised in one window
+MAX_BLOCKS = 4_096  # cached key tuples of polled register blocks (a cache: cleared when full)
 
 
 class WindowTracker:
@@ -169,9 +181,11 @@ class WindowTracker:
         self.width = int(seconds * 1e9)
         self.start: int | None = None  # start of the current window, ns
         self.windows: dict[Pair, Window] = {}
-        self.last_values: dict[Any, int] = {}  # (pair, unit, table, address) -> last value read or written
+        # (pair, unit, table, address) -> last value read or written; the key is a string for the usual types
+        self.last_values: dict[Any, int] = {}
         self.evicted = 0
         self.pairs_dropped = 0
+        self._blocks: dict[tuple[Any, ...], tuple[str, ...]] = {}  # see _block
 
     def due(self, ts: int) -> bool:
         return self.start is not None and ts >= self.start + self.width
@@ -200,6 +214,33 @@ class WindowTracker:
         lv[key] = value
         return old
 
+    def _block(self, pair: Pair, unit: int, table: str, ref: int, n: int) -> tuple[str, ...]:
+        """The ``last_values`` keys of ``n`` registers from ``ref``, built once per polled block (polls repeat).
+
+        Keys of int unit, str table and int address are strings ('pair|unit|table|address'), not tuples: a string
+        caches its hash, so the per-register lookups of a block cost one probe each instead of hashing a nested
+        tuple. Other (odd) types keep the tuple key (see _read)."""
+        bk = (pair, unit, table, ref, n)
+        keys = self._blocks.get(bk)
+        if keys is None:
+            if len(self._blocks) >= MAX_BLOCKS:
+                self._blocks.clear()
+            head = f"{pair_str(pair)}|{unit}|{table}|"
+            keys = self._blocks[bk] = tuple([f"{head}{a}" for a in range(ref, ref + n)])
+        return keys
+
+    def _recall(self, keys: tuple[str, ...], vals: list[Any]) -> list[Any] | None:
+        """Previous values of a whole block, remembering the new ones, when every register is already remembered
+        (the steady state of polling): no entry is added or evicted, so ``_remember`` per register would do the
+        same. None (and nothing changed) when some register is new: the caller then goes register by register."""
+        lv = self.last_values
+        olds = list(map(lv.get, keys))
+        if None in olds:
+            return None
+        if olds != vals:  # equal: storing them again would change nothing
+            lv.update(zip(keys, vals, strict=True))
+        return olds
+
     def add(self, m: Message, pair: Pair) -> None:
         w = self.windows.get(pair)
         if w is None:
@@ -209,6 +250,188 @@ class WindowTracker:
                 self.pairs_dropped += 1
                 return
             w = self.windows[pair] = Window()
+        proto = m.protocol
+        if proto == "modbus":
+            self._add_modbus(w, m, pair)
+        elif proto == "mqtt":
+            self._add_mqtt(w, m)
+        elif proto == "s7comm":
+            self._add_s7(w, m)
+        else:
+            self._add_generic(w, m, pair)
+
+    # The per-protocol paths below inline size_of, is_request, action_of, access_of, address_of and signature for
+    # one protocol each (the hot path); _add_generic is the reference they must agree with.
+    def _add_modbus(self, w: Window, m: Message, pair: Pair) -> None:
+        f = m.fields
+        w.messages += 1
+        n = f.get("length")
+        if isinstance(n, int):
+            w.bytes += n
+        if f.get("is_request"):
+            w.requests += 1
+            act = f.get("function_code")
+            w.functions.add(act)
+            a = f.get("access")
+            ts = m.ts
+            addr = f.get("reference_number")
+            if addr is not None:
+                w.addresses.add(addr)
+            last = w.last_req_ts
+            if last:
+                g = (ts - last) / 1e9
+                w.gaps += 1
+                w.gap_sum += g
+                w.gap_sq += g * g
+            w.last_req_ts = ts
+            if a == "write" or a == "read_write":
+                w.writes += 1
+            elif a != "read":
+                w.diagnostics += 1
+                return
+            sig = (f.get("unit_id"), act, addr, f.get("quantity"))
+            lst = w.signatures.get(sig)
+            if lst is None:
+                if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
+                    w.signatures[sig] = [ts]
+            else:
+                lst.append(ts)
+            if a != "read":
+                vals = f.get("values")
+                if vals and addr is not None and f.get("table") == "holding_registers":
+                    self._written(w, pair, f.get("unit_id"), addr, vals[:16])
+        else:
+            w.responses += 1
+            if f.get("is_exception") or f.get("is_error") or f.get("error_class"):
+                w.errors += 1
+            if f.get("access") == "read":
+                vals = f.get("values")
+                ref = f.get("request_reference_number")
+                if vals and ref is not None:
+                    self._read(w, pair, f.get("unit_id"), f.get("table"), ref, vals[:32])
+
+    def _written(self, w: Window, pair: Pair, unit: Any, ref: Any, vals: list[Any]) -> None:
+        if type(ref) is int and type(unit) is int:
+            keys = self._block(pair, unit, "holding_registers", ref, len(vals))
+            olds = self._recall(keys, vals)
+            if olds is None:
+                olds = [self._remember(k, v) for k, v in zip(keys, vals, strict=True)]
+            for old, v in zip(olds, vals, strict=True):  # in order: the same float sum as register by register
+                if old is not None:
+                    w.writes_with_delta += 1
+                    w.delta_sum += abs(v - old)
+            return
+        for i, v in enumerate(vals):
+            old = self._remember((pair, unit, "holding_registers", ref + i), v)
+            if old is not None:
+                w.writes_with_delta += 1
+                w.delta_sum += abs(v - old)
+
+    def _read(self, w: Window, pair: Pair, unit: Any, table: Any, ref: Any, vals: list[Any]) -> None:
+        if type(ref) is int and type(unit) is int and type(table) is str:
+            keys = self._block(pair, unit, table, ref, len(vals))
+            olds = self._recall(keys, vals)
+            if olds is not None:
+                w.values_read += len(olds)
+                if olds != vals:
+                    w.values_changed += sum(map(ne, olds, vals))
+                return
+            olds = [self._remember(k, v) for k, v in zip(keys, vals, strict=True)]
+            for old, v in zip(olds, vals, strict=True):
+                if old is not None:
+                    w.values_read += 1
+                    if old != v:
+                        w.values_changed += 1
+            return
+        for i, v in enumerate(vals):
+            old = self._remember((pair, unit, table, ref + i), v)
+            if old is not None:
+                w.values_read += 1
+                if old != v:
+                    w.values_changed += 1
+
+    def _add_mqtt(self, w: Window, m: Message) -> None:
+        f = m.fields
+        w.messages += 1
+        n = f.get("len")
+        if isinstance(n, int):
+            w.bytes += n
+        t = f.get("msgtype")
+        if m.from_client:
+            w.requests += 1
+            w.functions.add(t)
+            ts = m.ts
+            addr = f.get("topic")
+            if addr is not None:
+                w.addresses.add(addr)
+            last = w.last_req_ts
+            if last:
+                g = (ts - last) / 1e9
+                w.gaps += 1
+                w.gap_sum += g
+                w.gap_sq += g * g
+            w.last_req_ts = ts
+            if t == MQTT_PUBLISH:
+                w.writes += 1
+            elif t != MQTT_SUBSCRIBE:
+                w.diagnostics += 1
+                return
+            sig = (t, addr)
+            lst = w.signatures.get(sig)
+            if lst is None:
+                if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
+                    w.signatures[sig] = [ts]
+            else:
+                lst.append(ts)
+        else:
+            w.responses += 1
+            if f.get("is_exception") or f.get("is_error") or f.get("error_class"):
+                w.errors += 1
+
+    def _add_s7(self, w: Window, m: Message) -> None:
+        f = m.fields
+        w.messages += 1
+        w.bytes += (f.get("parameter_length") or 0) + (f.get("data_length") or 0)
+        if f.get("is_request"):
+            w.requests += 1
+            act = f.get("function")
+            if act is None:
+                act = action_of(m)
+            w.functions.add(act)
+            a = f.get("access")
+            ts = m.ts
+            area = f.get("area")
+            if isinstance(area, list):
+                n = len(area)
+                addr: Any = tuple(zip(area, f.get("db_number") or [0] * n, f.get("address") or [0] * n, strict=False))
+                w.addresses.add(addr)
+            else:
+                addr = None
+            last = w.last_req_ts
+            if last:
+                g = (ts - last) / 1e9
+                w.gaps += 1
+                w.gap_sum += g
+                w.gap_sq += g * g
+            w.last_req_ts = ts
+            if a in S7_WRITE_ACCESS:
+                w.writes += 1
+            elif a != "read":
+                w.diagnostics += 1
+                return
+            sig = (act, addr)
+            lst = w.signatures.get(sig)
+            if lst is None:
+                if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
+                    w.signatures[sig] = [ts]
+            else:
+                lst.append(ts)
+        else:
+            w.responses += 1
+            if f.get("is_exception") or f.get("is_error") or f.get("error_class"):
+                w.errors += 1
+
+    def _add_generic(self, w: Window, m: Message, pair: Pair) -> None:
         f = m.fields
         w.messages += 1
         w.bytes += size_of(m)
@@ -242,12 +465,7 @@ class WindowTracker:
                 vals = f.get("values")
                 ref = f.get("reference_number")
                 if vals and ref is not None and f.get("table") == "holding_registers":
-                    unit = f.get("unit_id")
-                    for i, v in enumerate(vals[:16]):
-                        old = self._remember((pair, unit, "holding_registers", ref + i), v)
-                        if old is not None:
-                            w.writes_with_delta += 1
-                            w.delta_sum += abs(v - old)
+                    self._written(w, pair, f.get("unit_id"), ref, vals[:16])
         else:
             w.responses += 1
             if is_error(m):
@@ -256,13 +474,7 @@ class WindowTracker:
                 vals = f.get("values")
                 ref = f.get("request_reference_number")
                 if vals and ref is not None:
-                    unit, table = f.get("unit_id"), f.get("table")
-                    for i, v in enumerate(vals[:32]):
-                        old = self._remember((pair, unit, table, ref + i), v)
-                        if old is not None:
-                            w.values_read += 1
-                            if old != v:
-                                w.values_changed += 1
+                    self._read(w, pair, f.get("unit_id"), f.get("table"), ref, vals[:32])
 
 
 def signature(m: Message, act: Any, addr: Any) -> tuple[Any, ...]:

@@ -182,11 +182,19 @@ class Knn:
 
     def score(self, x: np.ndarray) -> np.ndarray:
         q = ((np.asarray(x, dtype=np.float64) - self.center) / self.scale).astype(np.float32)
-        d2 = (q * q).sum(1)[:, None] + (self.points * self.points).sum(1)[None, :] - 2.0 * q @ self.points.T
+        d2 = (q * q).sum(1)[:, None] + self._squares()[None, :] - 2.0 * q @ self.points.T
         d = np.sqrt(np.maximum(d2, 0.0))
         k = self.k
         near = np.partition(d, k - 1, axis=1)[:, :k] if d.shape[1] > k else d
         return near.mean(axis=1)
+
+    def _squares(self) -> np.ndarray:
+        """Squared norms of the training points, computed once: most of a score's cost otherwise (scored per
+        window and group). Recomputed if ``points`` is replaced."""
+        c = self.__dict__.get("_sq")
+        if c is None or c[0] is not self.points:
+            c = self.__dict__["_sq"] = (self.points, (self.points * self.points).sum(1))
+        return c[1]
 
     def oof_scores(self) -> np.ndarray:
         """Each training window scored against the others (leave-one-out through sklearn's NearestNeighbors)."""
