@@ -61,7 +61,30 @@ def _find_tpkt(buf: bytes, start: int) -> int:
     return -1
 
 
-_ACK_ROSCTRS = (C.ROSCTR_ACK, C.ROSCTR_ACK_DATA)
+# Code table constants as module globals: the hot path reads them once per message.
+_COTP_CC = C.COTP_CC
+_COTP_CR = C.COTP_CR
+_COTP_DC = C.COTP_DC
+_COTP_DR = C.COTP_DR
+_COTP_DT = C.COTP_DT
+_COTP_PDU_TYPES = C.COTP_PDU_TYPES
+_FUNC_END_UPLOAD = C.FUNC_END_UPLOAD
+_FUNC_READ_VAR = C.FUNC_READ_VAR
+_FUNC_REQUEST_DOWNLOAD = C.FUNC_REQUEST_DOWNLOAD
+_FUNC_SETUP = C.FUNC_SETUP
+_FUNC_WRITE_VAR = C.FUNC_WRITE_VAR
+_ROSCTR_JOB = C.ROSCTR_JOB
+_ROSCTR_USERDATA = C.ROSCTR_USERDATA
+_S7COMM_PLUS_PROT_ID = C.S7COMM_PLUS_PROT_ID
+_S7COMM_PROT_ID = C.S7COMM_PROT_ID
+_UD_TYPE_REQ = C.UD_TYPE_REQ
+_UD_TYPE_RES = C.UD_TYPE_RES
+_ACK_ROSCTRS = (C.ROSCTR_ACK, C.ROSCTR_ACK_DATA)  # 12-byte header with error class and code
+_SHORT_HEADER = (C.ROSCTR_JOB, C.ROSCTR_USERDATA)  # 10-byte header
+_VAR_FUNCS = (C.FUNC_READ_VAR, C.FUNC_WRITE_VAR)
+_PI_FUNCS = (C.FUNC_PI_SERVICE, C.FUNC_PLC_STOP)
+_TPKT = W.TPKT.unpack_from
+_FRAME = W.TPKT_COTP.unpack_from
 _S7_HEADER = W.S7_HEADER.unpack_from
 _DATA_HEAD = W.DATA_ITEM.unpack_from
 _ROSCTR_NAME = C.ROSCTR_NAMES.get
@@ -150,13 +173,17 @@ class S7commDecoder:
             j = _find_tpkt(buf, 0)
             pos = j if j >= 0 else n
         while n - pos >= 4:
-            if buf[pos] != 3 or buf[pos + 1] != 0:
+            if n - pos >= 8:  # TPKT, COTP length indicator, TPDU code, DT EOT byte, first data byte in one step
+                ver, res, length, li, code, eot, pid = _FRAME(buf, pos)
+            else:
+                ver, res, length = _TPKT(buf, pos)
+                li = code = eot = pid = 0
+            if ver != 3 or res != 0:
                 self._bad_tpkt(state, from_client, buf, pos, ts, packet, out, "s7comm.invalid_tpkt",
-                               f"TPKT version {buf[pos]} reserved {buf[pos + 1]}")  # fmt: skip
+                               f"TPKT version {ver} reserved {res}")  # fmt: skip
                 j = _find_tpkt(buf, pos + 1)
                 pos = j if j >= 0 else n
                 continue
-            length = buf[pos + 2] << 8 | buf[pos + 3]
             if length < 7:
                 self._bad_tpkt(state, from_client, buf, pos, ts, packet, out, "s7comm.invalid_tpkt_length",
                                f"TPKT length {length} below 7")  # fmt: skip
@@ -168,8 +195,8 @@ class S7commDecoder:
                 break
             state.good += 1
             # Common case in place: one unsegmented DT TPDU (length indicator 2, EOT) carrying S7comm.
-            if length > 7 and buf[pos + 4] == 2 and buf[pos + 5] >> 4 == C.COTP_DT and buf[pos + 6] & 0x80 \
-                    and buf[pos + 7] == C.S7COMM_PROT_ID and segs[i] is None:  # fmt: skip
+            if li == 2 and code >> 4 == _COTP_DT and eot & 0x80 and pid == _S7COMM_PROT_ID and length > 7 \
+                    and segs[i] is None:  # fmt: skip
                 self._s7(state, from_client, buf, pos + 7, end, 1, ts, packet, out)
             else:
                 self._cotp(state, i, from_client, buf[pos + 4 : end], ts, packet, out)
@@ -214,7 +241,7 @@ class S7commDecoder:
             out.append(Anomaly(ts, "s7comm", state.flow, from_client, "s7comm.invalid_cotp",
                                f"COTP length indicator {li} in a TPDU of {len(tp)} bytes", packet))  # fmt: skip
             return
-        if code == C.COTP_DT:
+        if code == _COTP_DT:
             payload = tp[li + 1 :]
             segs = state.segs[i]
             if not tp[2] & 0x80:  # not EOT: more segments of this PDU follow
@@ -239,9 +266,9 @@ class S7commDecoder:
             if not payload:
                 return  # empty DT (S7-1200 keep-alive)
             pid = payload[0]
-            if pid == C.S7COMM_PROT_ID:
+            if pid == _S7COMM_PROT_ID:
                 self._s7(state, from_client, payload, 0, len(payload), nseg, ts, packet, out)
-            elif pid == C.S7COMM_PLUS_PROT_ID:
+            elif pid == _S7COMM_PLUS_PROT_ID:
                 self._plus(state, i, from_client, payload, ts, packet, out)
             elif state.requests + state.responses + state.plus_messages == 0:
                 raise ProtocolMismatch(f"COTP data with protocol id 0x{pid:02x} is neither S7comm nor S7comm-plus")
@@ -249,7 +276,7 @@ class S7commDecoder:
                 out.append(Anomaly(ts, "s7comm", state.flow, from_client, "s7comm.unknown_protocol_id",
                                    f"COTP data with protocol id 0x{pid:02x}", packet))  # fmt: skip
             return
-        name = C.COTP_PDU_TYPES.get(code)
+        name = _COTP_PDU_TYPES.get(code)
         if name is None:
             out.append(Anomaly(ts, "s7comm", state.flow, from_client, "s7comm.unknown_cotp_pdu_type",
                                f"COTP TPDU code 0x{code:x}", packet))  # fmt: skip
@@ -257,8 +284,8 @@ class S7commDecoder:
         f: dict[str, Any] = {"cotp_pdu_type": code, "cotp_pdu_name": name, "function_name": name,
                              "is_request": from_client, "access": "setup"}  # fmt: skip
         out.append(Message(ts, "s7comm", state.flow, from_client, f, packet))
-        if code in (C.COTP_CR, C.COTP_CC, C.COTP_DR, C.COTP_DC):
-            if code == C.COTP_CR:
+        if code in (_COTP_CR, _COTP_CC, _COTP_DR, _COTP_DC):
+            if code == _COTP_CR:
                 state.cotp_connections += 1
             problem = W.cotp_connection(code, tp, li, from_client, f)
             if problem is not None:
@@ -285,11 +312,12 @@ class S7commDecoder:
             f["cotp_segments"] = nseg
         msg = Message(ts, "s7comm", flow, from_client, f, packet)
         out.append(msg)
-        if rosctr == C.ROSCTR_JOB or rosctr == C.ROSCTR_USERDATA:
+        if rosctr in _SHORT_HEADER:
             p0 = start + 10
-        elif rosctr == C.ROSCTR_ACK_DATA or rosctr == C.ROSCTR_ACK:
+        elif rosctr in _ACK_ROSCTRS:
             p0 = start + 12
-            f.update(_error_fields(buf[start + 10] << 8 | buf[start + 11]))
+            err = buf[start + 10] << 8 | buf[start + 11]
+            f.update(_ERROR_FIELDS.get(err) or _error_fields(err))
         else:
             out.append(Anomaly(ts, "s7comm", flow, from_client, "s7comm.unknown_rosctr", f"ROSCTR {rosctr}", packet,
                                {"pdu_reference": pduref}))  # fmt: skip
@@ -305,31 +333,31 @@ class S7commDecoder:
         param = buf[p0:p1]
         data = buf[p1:p2]
         limit = self.max_items
-        if rosctr == C.ROSCTR_JOB:
+        if rosctr == _ROSCTR_JOB:
             f["is_request"] = True
             problem = self._job(param, data, f, limit)
-            key = (C.ROSCTR_JOB, pduref)
+            key = (_ROSCTR_JOB, pduref)
             pending = state.pending
             state.requests += 1
             if key in pending or len(pending) >= self.max_outstanding:
                 self._crowded(state, key, ts, f, packet, out)
             pending[key] = (ts, f)
-        elif rosctr == C.ROSCTR_USERDATA:
+        elif rosctr == _ROSCTR_USERDATA:
             problem, typ = self._userdata(state, from_client, param, data, f, limit)
-            f["is_request"] = typ == C.UD_TYPE_REQ
-            if typ == C.UD_TYPE_REQ:
-                key = (C.ROSCTR_USERDATA, pduref)
+            f["is_request"] = typ == _UD_TYPE_REQ
+            if typ == _UD_TYPE_REQ:
+                key = (_ROSCTR_USERDATA, pduref)
                 pending = state.pending
                 state.requests += 1
                 if key in pending or len(pending) >= self.max_outstanding:
                     self._crowded(state, key, ts, f, packet, out)
                 pending[key] = (ts, f)
-            elif typ == C.UD_TYPE_RES:
-                self._answer(state, (C.ROSCTR_USERDATA, pduref), ts, f, msg, packet, out)
+            elif typ == _UD_TYPE_RES:
+                self._answer(state, (_ROSCTR_USERDATA, pduref), ts, f, msg, packet, out)
         else:
             f["is_request"] = False
             problem = self._ack(param, data, f, limit) if param else None
-            self._answer(state, (C.ROSCTR_JOB, pduref), ts, f, msg, packet, out)
+            self._answer(state, (_ROSCTR_JOB, pduref), ts, f, msg, packet, out)
         if mismatch:
             out.append(Anomaly(ts, "s7comm", flow, from_client, "s7comm.length_mismatch",
                                f"header {p0 - start} + parameter {parlg} + data {datlg} bytes, PDU has {n}",
@@ -342,19 +370,19 @@ class S7commDecoder:
             return ("s7comm.truncated_parameter", "Job without a parameter")
         func = param[0]
         f.update(_FUNCTION_FIELDS[func])
-        if func == C.FUNC_READ_VAR or func == C.FUNC_WRITE_VAR:
+        if func in _VAR_FUNCS:
             if len(param) < 2:
                 return ("s7comm.truncated_parameter", "item count missing")
             problem = W.items(param, f, limit)
-            if func == C.FUNC_WRITE_VAR:
+            if func == _FUNC_WRITE_VAR:
                 p2 = W.data_items(data, param[1], f, limit)
                 problem = problem or p2
             return problem
-        if func == C.FUNC_SETUP:
+        if func == _FUNC_SETUP:
             return W.setup(param, f)
-        if C.FUNC_REQUEST_DOWNLOAD <= func <= C.FUNC_END_UPLOAD:
+        if _FUNC_REQUEST_DOWNLOAD <= func <= _FUNC_END_UPLOAD:
             return W.updownload_job(func, param, f)
-        if func == C.FUNC_PI_SERVICE or func == C.FUNC_PLC_STOP:
+        if func in _PI_FUNCS:
             return W.pi_service(func, param, f)
         f["parameter"] = W.hexs(param[1:], self.max_value_bytes)
         if func not in C.FUNCTIONS:
@@ -364,11 +392,11 @@ class S7commDecoder:
     def _ack(self, param: bytes, data: bytes, f: dict[str, Any], limit: int) -> W.Problem:
         func = param[0]
         f.update(_FUNCTION_FIELDS[func])
-        if func == C.FUNC_READ_VAR or func == C.FUNC_WRITE_VAR:
+        if func in _VAR_FUNCS:
             if len(param) < 2:
                 return ("s7comm.truncated_parameter", "item count missing")
             count = f["item_count"] = param[1]
-            if func == C.FUNC_READ_VAR:
+            if func == _FUNC_READ_VAR:
                 problem = W.data_items(data, count, f, limit)
             else:
                 problem = W.write_answer(data, count, f, limit)
@@ -376,9 +404,9 @@ class S7commDecoder:
             if rcs and 0xFF not in rcs:
                 f["is_error"] = True
             return problem
-        if func == C.FUNC_SETUP:
+        if func == _FUNC_SETUP:
             return W.setup(param, f)
-        if C.FUNC_REQUEST_DOWNLOAD <= func <= C.FUNC_END_UPLOAD:
+        if _FUNC_REQUEST_DOWNLOAD <= func <= _FUNC_END_UPLOAD:
             return W.updownload_answer(func, param, data, f)
         if func not in C.FUNCTIONS:
             f["parameter"] = W.hexs(param[1:], self.max_value_bytes)

@@ -4,6 +4,8 @@ S7comm has no public specification: layouts follow Wireshark's packet-s7comm.c (
 dissector function each mirrors). COTP follows ISO 8073 (X.224) section 13, TPKT RFC 1006 section 6.
 Each decoding function fills the fields dict and returns (anomaly name, reason) for input that does not fit
 its layout, or None. Every read is bounds-checked: a short buffer is a Problem, never an exception.
+Fields that depend only on a code (names, access) come from small tables built once, and the Read/Write Var
+item decoders remember their results for repeated parameter/data bytes (bounded): pollers repeat themselves.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ Problem = tuple[str, str] | None
 
 # RFC 1006 section 6: version 3, reserved 0, 16-bit length including this header
 TPKT = struct.Struct(">BBH")
+# TPKT, then COTP length indicator, TPDU code, DT's EOT|number byte and the first byte of DT data (protocol id)
+TPKT_COTP = struct.Struct(">BBHBBBB")
 # S7comm header (dissect_s7comm): protocol id, ROSCTR, redundancy id, PDU reference, parameter and data length
 S7_HEADER = struct.Struct(">BBHHHH")
 U16 = struct.Struct(">H")
@@ -29,6 +33,7 @@ DATA_ITEM = _DATA_ITEM = struct.Struct(">BBH")  # return code, transport size, l
 _UD_PARAM = struct.Struct(">3sBBBBB")  # head 00 01 12, length, method, type|group, subfunction, sequence
 _UD_UNIT = struct.Struct(">BBH")  # data unit reference, last data unit (0 yes), parameter error code
 _U16X2 = struct.Struct(">HH")
+_SZL_0011 = struct.Struct(">H20sHHH")  # index, MlfB, BGTyp, Ausbg, Ausbe
 _SZL_HEAD = struct.Struct(">HHHH")  # SZL-ID, index, record length, record count
 _PLUS_REQ = struct.Struct(">BHHHH")  # opcode, reserved, function, reserved, sequence number
 
@@ -58,7 +63,7 @@ def cotp_connection(code: int, tp: bytes, li: int, from_client: bool, f: Fields)
             "s7comm.invalid_cotp",
             f"COTP {C.COTP_PDU_TYPES[code][:2]} fixed part needs {need} bytes, length indicator {li}",
         )
-    f["cotp_dst_ref"], f["cotp_src_ref"] = struct.unpack_from(">HH", tp, 2)
+    f["cotp_dst_ref"], f["cotp_src_ref"] = _U16X2.unpack_from(tp, 2)
     if code == C.COTP_DR:
         reason = tp[6]
         f["disconnect_reason"] = reason
@@ -117,7 +122,7 @@ def items(param: bytes, f: Fields, limit: int) -> Problem:
                 _ITEMS_MEMO.clear()
             _ITEMS_MEMO[key] = hit
     problem, cols = hit
-    for name, col in zip(_ITEM_FIELDS, cols):
+    for name, col in zip(_ITEM_FIELDS, cols, strict=False):  # 2 columns without S7ANY items
         f[name] = col.copy()
     return problem
 
@@ -183,8 +188,30 @@ def _items(param: bytes, limit: int) -> tuple[Problem, tuple[list[Any], ...]]:
     return problem, (sids, snames, tsz, tnames, lens, dbs, areas, anames, ashorts, addrs, bits)
 
 
+_DATA_MEMO: dict[tuple[bytes, int, int], tuple[Problem, tuple[list[Any], ...]]] = {}
+
+
 def data_items(data: bytes, count: int, f: Fields, limit: int) -> Problem:
-    """Data items (write request, read answer): return code, transport size, length, value, fill byte."""
+    """Data items (write request, read answer): return code, transport size, length, value, fill byte.
+
+    Remembered like the request items (polled values seldom change); each message gets fresh lists.
+    """
+    key = (data, count, limit)
+    hit = _DATA_MEMO.get(key)
+    if hit is None:
+        hit = _data_items(data, count, limit)
+        if len(data) <= _ITEMS_MEMO_BYTES:
+            if len(_DATA_MEMO) >= _ITEMS_MEMO_MAX:
+                _DATA_MEMO.clear()
+            _DATA_MEMO[key] = hit
+    problem, cols = hit
+    f["return_code"], f["return_code_name"], f["data_transport_size"], f["data_item_length"], f["values"] = (
+        cols[0].copy(), cols[1].copy(), cols[2].copy(), cols[3].copy(), cols[4].copy())  # fmt: skip
+    return problem
+
+
+def _data_items(data: bytes, count: int, limit: int) -> tuple[Problem, tuple[list[Any], ...]]:
+    """Columns: return_code, return_code_name, data_transport_size, data_item_length, values."""
     rcs: list[int] = []
     rnames: list[str] = []
     tss: list[int] = []
@@ -219,12 +246,7 @@ def data_items(data: bytes, count: int, f: Fields, limit: int) -> Problem:
         pos += nbytes
         if nbytes & 1 and k < last:
             pos += 1  # fill byte
-    f["return_code"] = rcs
-    f["return_code_name"] = rnames
-    f["data_transport_size"] = tss
-    f["data_item_length"] = lns
-    f["values"] = vals
-    return problem
+    return problem, (rcs, rnames, tss, lns, vals)
 
 
 def write_answer(data: bytes, count: int, f: Fields, limit: int) -> Problem:
@@ -251,16 +273,13 @@ def filename(fn: bytes, f: Fields) -> None:
         f["destination_filesystem"] = name[8]
 
 
-def _status(param: bytes, f: Fields) -> None:
-    st = param[1]
-    f["function_status"] = st
-    f["more_data"] = bool(st & 0x01)
+_STATUS: tuple[Fields, ...] = tuple({"function_status": st, "more_data": bool(st & 0x01)} for st in range(256))
 
 
 def updownload_job(func: int, param: bytes, f: Fields) -> Problem:
     if len(param) < 8:
         return ("s7comm.truncated_parameter", f"{C.FUNCTIONS[func][0]} parameter of {len(param)} bytes, needs 8")
-    _status(param, f)
+    f.update(_STATUS[param[1]])  # function status and its more-data bit
     f["upload_id"] = U32.unpack_from(param, 4)[0]
     if func in (C.FUNC_UPLOAD, C.FUNC_END_UPLOAD):
         return None
@@ -284,7 +303,7 @@ def updownload_answer(func: int, param: bytes, data: bytes, f: Fields) -> Proble
         return None
     if len(param) < 2:
         return ("s7comm.truncated_parameter", f"{C.FUNCTIONS[func][0]} answer without function status")
-    _status(param, f)
+    f.update(_STATUS[param[1]])  # function status and its more-data bit
     if func == C.FUNC_START_UPLOAD:
         if len(param) < 9 or len(param) < 9 + param[8]:
             return ("s7comm.truncated_parameter", "start upload answer without upload id and block length")
@@ -393,7 +412,7 @@ def userdata_data(grp: int, subf: int, typ: int, data: bytes, f: Fields, limit: 
     if grp == C.FG_CPU and subf == C.SUBF_READ_SZL:
         if n < 4:
             return None  # follow-up request of a fragmented answer, or an error answer: no SZL header
-        szl_id, idx = struct.unpack_from(">HH", data, 0)
+        szl_id, idx = _U16X2.unpack_from(data, 0)
         f["szl_id"] = szl_id
         f["szl_id_name"] = C.SZL_LISTS.get(szl_id & 0xFF, "unknown")
         f["szl_index"] = idx
@@ -409,8 +428,11 @@ def userdata_data(grp: int, subf: int, typ: int, data: bytes, f: Fields, limit: 
     return None
 
 
+_BCD = tuple((b >> 4) * 10 + (b & 0x0F) for b in range(256))  # packed BCD byte -> value (nibbles > 9 kept)
+
+
 def _bcd(b: int) -> int:
-    return (b >> 4) * 10 + (b & 0x0F)
+    return _BCD[b]
 
 
 def s7_timestamp(b: bytes) -> str:
@@ -440,8 +462,11 @@ def szl_records(data: bytes, f: Fields, limit: int) -> Problem:
         if rlen < 28:  # index, MlfB (20), BGTyp, Ausbg, Ausbe: decode what is there, as Wireshark does
             problem = problem or ("s7comm.truncated_data", f"SZL 0x0011 record of {rlen} bytes, layout needs 28")
         for k in range(min(count, limit)):
-            r = body[k * rlen : k * rlen + rlen][:28].ljust(28, b"\x00")
-            index, mlfb, bgtyp, ausbg, ausbe = struct.unpack_from(">H20sHHH", r, 0)
+            if rlen >= 28:
+                index, mlfb, bgtyp, ausbg, ausbe = _SZL_0011.unpack_from(body, k * rlen)
+            else:
+                r = body[k * rlen : k * rlen + rlen].ljust(28, b"\x00")
+                index, mlfb, bgtyp, ausbg, ausbe = _SZL_0011.unpack_from(r, 0)
             name = C.SZL_0011_INDEX.get(index)
             if index == 0x0001:
                 f["szl.order_number"] = _text(mlfb)
