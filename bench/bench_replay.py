@@ -111,9 +111,11 @@ def ensure_capture(protocol: str, packets: int) -> Path:
 
 
 def bench(
-    protocol: str, packets: int, extra: list[str], rules: bool, workers: int = 1, model: str | None = None
+    protocol: str, packets: int, extra: list[str], rules: bool, workers: int = 1, model: str | None = None,
+    capture: Path | None = None,
 ) -> list[tuple[str, float, int, float]]:
-    cap = ensure_capture(protocol, packets)
+    cap = capture or ensure_capture(protocol, packets)
+    site = [] if capture else ["--config", str(BENCH_CONFIG)]  # the generated cells' site lists
     sensor = shutil.which("ics-sensor") or "ics-sensor"
     rows = []
     base = [sensor, "replay", str(cap), "-q", *extra]
@@ -122,10 +124,9 @@ def bench(
         ("sensor, decode only", [*base, "--no-builtin-rules"]),
     ]
     if rules:
-        runs.append(("sensor, all rules + alerts", [*base, "--alerts", "/dev/null", "--config", str(BENCH_CONFIG)]))
+        runs.append(("sensor, all rules + alerts", [*base, "--alerts", "/dev/null", *site]))
     if model:
-        runs.append(("sensor, rules + model + alerts", [*base, "--alerts", "/dev/null", "--config", str(BENCH_CONFIG),
-                                                         "--model", model]))  # fmt: skip
+        runs.append(("sensor, rules + model + alerts", [*base, "--alerts", "/dev/null", *site, "--model", model]))
     one = [(f"{label}, 1 worker", [*cmd, "--workers", "1"]) for label, cmd in runs]
     many = [(f"{label}, {workers} workers", [*cmd, "--workers", str(workers)]) for label, cmd in runs]
     runs = [x for pair in zip(one, many, strict=True) for x in pair] if workers > 1 else one
@@ -149,16 +150,29 @@ def main() -> None:
     ap.add_argument("--rules", action="store_true", help="also run with the shipped rule pack and alerts written")
     ap.add_argument("--workers", type=int, default=1, help="also run each sensor row with --workers N (N > 1)")
     ap.add_argument("--model", metavar="PATH", help="also run with rules and this model (ics-sensor train)")
+    ap.add_argument("--capture", metavar="PATH", help="time this capture instead of a generated one (all fields)")
     a = ap.parse_args()
-    protocols = list(TEMPLATES) if a.protocol == "all" else [a.protocol]
     print(f"{'capture':<22} {'run':<42} {'seconds':>8} {'packets/s':>11} {'vs tshark':>9} {'peak MB':>8} {'cpu s':>7}")
+    if a.capture:
+        from sensor.source import SourceReport, read_captures
+
+        cap = Path(a.capture)
+        n = sum(1 for _ in read_captures([str(cap)], SourceReport()))
+        rows = bench("mixed", n, [], a.rules, a.workers, a.model, cap)
+        print_rows(cap.name, n, rows)
+        return
+    protocols = list(TEMPLATES) if a.protocol == "all" else [a.protocol]
     for p in protocols:
         n = a.packets
         rows = bench(p, n, [], a.rules, a.workers, a.model)
-        ts = next((s for label, s, _, _ in rows if label.startswith("tshark")), None)
-        for label, secs, mb, cpu in rows:
-            ratio = f"{ts / secs:.2f}x" if ts else "-"
-            print(f"{p + '_' + str(n):<22} {label:<42} {secs:>8.2f} {n / secs:>11,.0f} {ratio:>9} {mb:>8} {cpu:>7.2f}")
+        print_rows(f"{p}_{n}", n, rows)
+
+
+def print_rows(name: str, n: int, rows: list[tuple[str, float, int, float]]) -> None:
+    ts = next((s for label, s, _, _ in rows if label.startswith("tshark")), None)
+    for label, secs, mb, cpu in rows:
+        ratio = f"{ts / secs:.2f}x" if ts else "-"
+        print(f"{name:<22} {label:<42} {secs:>8.2f} {n / secs:>11,.0f} {ratio:>9} {mb:>8} {cpu:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":
