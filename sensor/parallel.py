@@ -126,7 +126,7 @@ class SkipState:
     point at it).
     """
 
-    __slots__ = ("left", "max_ts", "offset", "path", "report", "thr", "ts")
+    __slots__ = ("left", "max_ts", "mine_at", "mine_hl", "offset", "path", "report", "thr", "ts")
 
     def __init__(self, path: str, report: SourceReport) -> None:
         self.path, self.report = path, report
@@ -135,6 +135,8 @@ class SkipState:
         self.left = WATERMARK_EVERY
         self.ts = 0
         self.offset = -1
+        self.mine_at = -1  # file offset of the last record the filter found to be this worker's (fast path)
+        self.mine_hl = 0  # and its TCP header length
 
 
 def make_skip(me: int, n: int, st: SkipState) -> Skip:
@@ -155,6 +157,7 @@ def make_skip(me: int, n: int, st: SkipState) -> Skip:
         if x >> 32:
             x = (x & 0xFFFFFFFF) ^ (x >> 32)
         if ((((x * _MIX_A + (sport + dport) * _MIX_B + 6) & 0xFFFFFFFF) * n) >> 32) == me:
+            st.mine_at, st.mine_hl = offset, (doff >> 4) * 4  # run_shard need not test and hash it again
             return False
         st.left -= 1
         if st.left < 0:
@@ -365,31 +368,41 @@ class ShardPipeline(Pipeline):
                     self.det.append(((r << 2) | PH_TICK, 0, ts))
             # Ethernet, IPv4 without options, not a fragment, TCP with sane lengths: a Segment for any decoder,
             # built here as FrameDecoder's fast path builds it, and sharded without building it when not ours.
-            if rec.linktype == 1 and len(data) >= 54:
-                etype, vihl, total, frag, proto, src, dst, sport, dport, doff = unpack_eth_ip(data, 0)
-                hl = (doff >> 4) * 4
-                end = 14 + total
-                fast = (
-                    etype == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF and hl >= 20
-                    and 34 + hl <= end <= len(data)
-                )  # fmt: skip
-            else:
-                fast = False
-            if fast:
+            if st is not None and st.mine_at == rec.offset:  # the reader's filter already tested and hashed it
                 is_seg = True
-                x = src + dst
-                if x >> 32:
-                    x = (x & 0xFFFFFFFF) ^ (x >> 32)
-                if ((((x * _MIX_A + (sport + dport) * _MIX_B + 6) & 0xFFFFFFFF) * n) >> 32) == me:
-                    _sp, _dp, seq, ack, _off, flags, _win = unpack_tcp(data, 34)
-                    seg = Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + hl : end])
-                else:
-                    seg = None
+                sport, dport, seq, ack, _off, flags, _win = unpack_tcp(data, 34)
+                end = 14 + ((data[16] << 8) | data[17])
+                seg = Segment(
+                    ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + st.mine_hl : end]
+                )
             else:
-                seg = decode(ts, rec.linktype, data)
-                is_seg = seg is not None
-                if seg is not None and segment_shard(seg, n) != me:
-                    seg = None
+                if rec.linktype == 1 and len(data) >= 54:
+                    etype, vihl, total, frag, proto, src, dst, sport, dport, doff = unpack_eth_ip(data, 0)
+                    hl = (doff >> 4) * 4
+                    end = 14 + total
+                    fast = (
+                        etype == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF and hl >= 20
+                        and 34 + hl <= end <= len(data)
+                    )  # fmt: skip
+                else:
+                    fast = False
+                if fast:
+                    is_seg = True
+                    x = src + dst
+                    if x >> 32:
+                        x = (x & 0xFFFFFFFF) ^ (x >> 32)
+                    if ((((x * _MIX_A + (sport + dport) * _MIX_B + 6) & 0xFFFFFFFF) * n) >> 32) == me:
+                        _sp, _dp, seq, ack, _off, flags, _win = unpack_tcp(data, 34)
+                        seg = Segment(
+                            ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + hl : end]
+                        )
+                    else:
+                        seg = None
+                else:
+                    seg = decode(ts, rec.linktype, data)
+                    is_seg = seg is not None
+                    if seg is not None and segment_shard(seg, n) != me:
+                        seg = None
             if is_seg and ts > flows.now:  # FlowTable.process's own first step, here so sweeps get their phase
                 flows.now = ts
                 if ts - flows.last_sweep > sweep_ns:
