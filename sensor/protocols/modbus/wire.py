@@ -50,14 +50,28 @@ RESPONSE_FIXED: dict[int, tuple[struct.Struct, tuple[str, ...]]] = {
 QUANTITY_LIMITS = {1: 2000, 2: 2000, 3: 125, 4: 125, 15: 0x7B0, 16: 123}
 
 
+BYTE_BITS = tuple(tuple((b >> i) & 1 for i in range(8)) for b in range(256))  # byte -> its bits, LSB first
+REGISTERS = tuple(struct.Struct(f">{n}H") for n in range(128))  # n big-endian registers (a PDU holds <= 126)
+
+
 def _bits(data: bytes, count: int, limit: int) -> list[int]:
+    """Coil/input bits, LSB first (section 6.1); a table lookup per byte rather than a shift per bit."""
     n = min(count, len(data) * 8, limit)
-    return [(data[i >> 3] >> (i & 7)) & 1 for i in range(n)]
+    if n <= 0:
+        return []
+    out: list[int] = []
+    for b in data[: (n + 7) >> 3]:
+        out += BYTE_BITS[b]
+    del out[n:]
+    return out
 
 
 def _registers(data: bytes, limit: int) -> list[int]:
     n = min(len(data) // 2, limit)
-    return list(struct.unpack_from(f">{n}H", data, 0)) if n else []
+    if not n:
+        return []
+    layout = REGISTERS[n] if 0 < n < 128 else struct.Struct(f">{n}H")
+    return list(layout.unpack_from(data, 0))
 
 
 def _byte_counted(pdu: bytes, at: int, f: Fields) -> tuple[bytes, Problem]:

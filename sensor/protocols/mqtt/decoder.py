@@ -50,6 +50,23 @@ AWAITS = frozenset({PUBREC, PUBREL, SUBSCRIBE, UNSUBSCRIBE, CONNECT, PINGREQ})
 ID_LESS = frozenset({CONNECT, CONNACK, PINGREQ, PINGRESP})
 
 
+def _head(hdr: int) -> dict[str, Any]:
+    """The fields a packet with this fixed-header byte starts with, in document order ("len" set per packet).
+
+    A packet copies its template: cheaper than building the dict, and a PUBLISH gets its flags for free.
+    """
+    t = hdr >> 4
+    f: dict[str, Any] = {"msgtype": t, "msgtype_name": MSGTYPE_NAMES[t], "hdrflags": hdr, "len": 0}
+    if t == PUBLISH:
+        f["dupflag"] = bool(hdr & 8)
+        f["qos"] = (hdr >> 1) & 3
+        f["retain"] = bool(hdr & 1)
+    return f
+
+
+HEADS = tuple(_head(hdr) for hdr in range(256))
+
+
 def _header(b: bytes, pos: int, n: int) -> tuple[int, int]:
     """Remaining length at ``pos`` + 1: (length, offset of the body); (-1, 0) incomplete, (-2, 0) five bytes."""
     value = shift = 0
@@ -219,7 +236,11 @@ class MqttDecoder:
         pos = 0
         maxp = self.max_packet_size
         while pos < n:
-            rl, j = _header(data, pos, n)
+            rl = data[pos + 1] if pos + 1 < n else 0x80
+            if rl < 0x80:  # one-byte remaining length: most packets, no call
+                j = pos + 2
+            else:
+                rl, j = _header(data, pos, n)
             if rl < 0:
                 if rl == -1:  # header split between segments
                     chunks.append(data[pos:])
@@ -310,28 +331,41 @@ class MqttDecoder:
             out.append(self._anomaly(st, from_client, ts, packet, "mqtt.reserved_packet_type",
                                      f"packet type {t} is reserved" + (" before MQTT 5.0" if t else ""), hdr))  # fmt: skip
             return
-        f: dict[str, Any] = {"msgtype": t, "msgtype_name": MSGTYPE_NAMES[t], "hdrflags": hdr, "len": rl}
+        f = HEADS[hdr].copy()
+        f["len"] = rl
         problems: list[tuple[str, str]] = []
         if t == PUBLISH:
-            q = (fl >> 1) & 3
-            f["dupflag"] = bool(fl & 8)
-            f["qos"] = q
-            f["retain"] = bool(fl & 1)
-            if q == 3:
+            if fl & 6 == 6:
                 problems.append(("mqtt.invalid_qos", "PUBLISH with QoS 3"))
         elif REQUIRED_FLAGS[t] != fl:
             problems.append(("mqtt.reserved_flags", f"{MSGTYPE_NAMES[t]} flags 0x{fl:x}, must be 0x{REQUIRED_FLAGS[t]:x}"))
         if version is None and t != CONNECT:
             version = self._infer(st, t, rl)
-        try:
-            if total >= 0:
-                publish(body, fl, version or 4, f, problems, self.max_list_items, total, self.max_payload_bytes)
-            elif t == PUBLISH and self.max_payload_bytes:
-                publish(body, fl, version or 4, f, problems, self.max_list_items, -1, self.max_payload_bytes)
+        # Well-formed 3.x PUBLISH and PUBACK..PUBCOMP, most of the traffic, are decoded here without a call, as
+        # wire.publish and wire.ack would decode them; anything else (or anything odd) goes to the wire functions.
+        end = len(body)
+        if t == PUBLISH and version != 5 and total < 0 and not self.max_payload_bytes and end > 1:
+            pos = 2 + ((body[0] << 8) | body[1])
+            topic = None
+            if pos + (2 if fl & 6 else 0) <= end:  # topic and packet id inside the packet
+                try:  # not contextlib.suppress: a try costs nothing, a context manager two calls
+                    topic = body[2:pos].decode()
+                except UnicodeDecodeError:
+                    topic = None  # wire.publish reports it
+            if topic is not None:
+                f["topic"] = topic
+                if fl & 6:
+                    f["msgid"] = msgid = (body[pos] << 8) | body[pos + 1]
+                    pos += 2
+                    if not msgid:
+                        problems.append(("mqtt.missing_packet_id", "PUBLISH QoS > 0 with packet identifier 0"))
+                f["payload_length"] = end - pos
             else:
-                BODIES[t](body, fl, version or 4, f, problems, self.max_list_items)  # type: ignore[misc]
-        except Malformed as e:
-            problems.append((e.name, e.reason))
+                self._body(t, body, fl, version, f, problems, total)
+        elif 3 < t < 8 and version != 5 and end == 2:
+            f["msgid"] = (body[0] << 8) | body[1]
+        else:
+            self._body(t, body, fl, version, f, problems, total)
         msg = Message(ts, "mqtt", st.flow, from_client, f, packet)
         out.append(msg)
         if not SENDER[t] & (1 if from_client else 2) or (t == DISCONNECT and not from_client and version != 5):
@@ -371,16 +405,74 @@ class MqttDecoder:
         else:
             f.update(st.ctx)
         if t == PUBLISH:
-            self._topic(st, from_client, f, problems)
-            if fl & 6:
-                self._pair(st, from_client, t, f, msg, ts, problems)
-        else:
-            self._pair(st, from_client, t, f, msg, ts, problems)
+            # 5.0 section 3.3.2.3.4 topic alias, per sender; 4.7 wildcards are not allowed in a topic name.
+            topic = f.get("topic")
+            if topic is not None:
+                alias = f.get("topic_alias")
+                if alias is not None:
+                    aliases = st.aliases[0 if from_client else 1]
+                    if topic:
+                        if alias in aliases or len(aliases) < self.max_topic_aliases:
+                            aliases[alias] = topic
+                        else:
+                            problems.append(("mqtt.topic_alias_overflow", f"more than {self.max_topic_aliases} topic aliases"))
+                    else:
+                        known = aliases.get(alias)
+                        if known is None:
+                            problems.append(("mqtt.unknown_topic_alias", f"topic alias {alias} never defined on this connection"))
+                        else:
+                            f["topic"] = known
+                            f["topic_from_alias"] = True
+                elif not topic:
+                    problems.append(("mqtt.invalid_topic", "empty topic without a topic alias"))
+                if "+" in topic or "#" in topic:
+                    problems.append(("mqtt.invalid_topic", f"wildcard in topic name {topic!r}"))
+        if (t != PUBLISH or fl & 6) and (t in ID_LESS or "msgid" in f):  # else truncated before its packet id
+            # pair acknowledgements with their requests by packet identifier
+            msgid = f.get("msgid", 0)
+            req = ANSWERS.get(t)
+            if req is not None:
+                started = st.pending.pop((not from_client, req, msgid), None)
+                f["matched"] = started is not None
+                if started is not None:
+                    msg.duration_ns = ts - started
+                elif t != CONNACK:
+                    st.unmatched += 1
+                    if not st.flow.midstream and not st.gapped:
+                        problems.append(("mqtt.unmatched_response", f"{MSGTYPE_NAMES[t]} for packet id {msgid} with no outstanding {MSGTYPE_NAMES[req]}"))
+            if t in AWAITS or (t == PUBLISH and f.get("qos")):
+                key = (from_client, t, msgid)
+                pending = st.pending
+                if key in pending:
+                    if t in (PINGREQ, CONNECT):
+                        st.unanswered += 1
+                    elif not f.get("dupflag") and t != PUBREL:
+                        problems.append(("mqtt.duplicate_packet_id", f"packet id {msgid} reused while its {MSGTYPE_NAMES[t]} is unanswered"))
+                elif len(pending) >= self.max_outstanding:
+                    pending.pop(next(iter(pending)))
+                    st.unanswered += 1
+                    problems.append(("mqtt.outstanding_overflow", f"more than {self.max_outstanding} unanswered packet ids"))
+                pending[key] = ts
         if problems:
             for name, reason in problems:
                 out.append(self._anomaly(st, from_client, ts, packet, name, reason, hdr, f))
         else:
             st.good += 1
+
+    def _body(
+        self, t: int, body: bytes, fl: int, version: int | None, f: dict[str, Any], problems: list[tuple[str, str]],
+        total: int,
+    ) -> None:  # fmt: skip
+        """The wire function of the packet type; a layout it cannot follow becomes a problem (fields kept)."""
+        try:
+            if total >= 0:
+                publish(body, fl, version or 4, f, problems, self.max_list_items, total, self.max_payload_bytes)
+            elif t == PUBLISH and self.max_payload_bytes:
+                publish(body, fl, version or 4, f, problems, self.max_list_items, -1, self.max_payload_bytes)
+            else:
+                BODIES[t](body, fl, version or 4, f, problems, self.max_list_items)  # type: ignore[misc]
+        except Malformed as e:
+            problems.append((e.name, e.reason))
 
     @staticmethod
     def _context(st: MqttState) -> dict[str, Any]:
@@ -413,62 +505,6 @@ class MqttDecoder:
             st.inferred = True
             st.ctx = None
         return v
-
-    def _topic(self, st: MqttState, from_client: bool, f: dict[str, Any], problems: list[tuple[str, str]]) -> None:
-        """5.0 section 3.3.2.3.4 topic alias, per sender; 4.7 wildcards are not allowed in a topic name."""
-        topic = f.get("topic")
-        if topic is None:
-            return
-        alias = f.get("topic_alias")
-        if alias is not None:
-            aliases = st.aliases[0 if from_client else 1]
-            if topic:
-                if alias in aliases or len(aliases) < self.max_topic_aliases:
-                    aliases[alias] = topic
-                else:
-                    problems.append(("mqtt.topic_alias_overflow", f"more than {self.max_topic_aliases} topic aliases"))
-            else:
-                known = aliases.get(alias)
-                if known is None:
-                    problems.append(("mqtt.unknown_topic_alias", f"topic alias {alias} never defined on this connection"))
-                else:
-                    f["topic"] = known
-                    f["topic_from_alias"] = True
-        elif not topic:
-            problems.append(("mqtt.invalid_topic", "empty topic without a topic alias"))
-        if "+" in topic or "#" in topic:
-            problems.append(("mqtt.invalid_topic", f"wildcard in topic name {topic!r}"))
-
-    def _pair(
-        self, st: MqttState, from_client: bool, t: int, f: dict[str, Any], msg: Message, ts: int,
-        problems: list[tuple[str, str]],
-    ) -> None:  # fmt: skip
-        msgid = f.get("msgid", 0)
-        if t not in ID_LESS and "msgid" not in f:
-            return  # truncated before its packet id
-        req = ANSWERS.get(t)
-        if req is not None:
-            started = st.pending.pop((not from_client, req, msgid), None)
-            f["matched"] = started is not None
-            if started is not None:
-                msg.duration_ns = ts - started
-            elif t != CONNACK:
-                st.unmatched += 1
-                if not st.flow.midstream and not st.gapped:
-                    problems.append(("mqtt.unmatched_response", f"{MSGTYPE_NAMES[t]} for packet id {msgid} with no outstanding {MSGTYPE_NAMES[req]}"))
-        if t in AWAITS or (t == PUBLISH and f.get("qos")):
-            key = (from_client, t, msgid)
-            pending = st.pending
-            if key in pending:
-                if t in (PINGREQ, CONNECT):
-                    st.unanswered += 1
-                elif not f.get("dupflag") and t != PUBREL:
-                    problems.append(("mqtt.duplicate_packet_id", f"packet id {msgid} reused while its {MSGTYPE_NAMES[t]} is unanswered"))
-            elif len(pending) >= self.max_outstanding:
-                pending.pop(next(iter(pending)))
-                st.unanswered += 1
-                problems.append(("mqtt.outstanding_overflow", f"more than {self.max_outstanding} unanswered packet ids"))
-            pending[key] = ts
 
     # -- end of flow -------------------------------------------------------------------------------------------
     def close(self, state: MqttState, ts: int, packet: PacketRef) -> Iterable[Message | Anomaly]:
