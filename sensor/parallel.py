@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import fcntl
 import marshal
+import mmap
 import multiprocessing as mp
 import os
 import pickle
@@ -82,12 +83,18 @@ _MIX_A, _MIX_B = 0x9E3779B1, 0x85EBCA77  # odd 32-bit multipliers (golden ratio;
 # protocol, source, destination, source port, destination port, TCP data offset.
 _ETH_IP_TCP = struct.Struct("!12xHBxH2xHxB2xIIHH8xB")
 _TCP = struct.Struct("!HHIIBBH")  # as sensor.frames
-# Message: header, then for DATA n keys (int64 hi), n keys (int64 c), the lines (a marshalled list of bytes: split
-# back into lines in C, not by slicing in Python; between our own processes), pickled detector items; for DONE and
+# Message: header, then for DATA n keys (int64 hi), n keys (int64 c), then either n line sizes (int64) when the
+# lines were put in the worker's shared ring at the header's ring position, or the lines themselves (a marshalled
+# list of bytes, when there is no ring or a batch is too big for it), then pickled detector items; for DONE and
 # FAILED a pickle.
-# Header: kind, watermark, n, lines bytes, pickle bytes, progress.
-_HDR = struct.Struct("<BqqqqqQ")
+# The ring: event lines are most of the bytes (about 600 a document); through a pipe they were copied four times
+# and the parent's pipe reads alone cost a microsecond a line. The worker copies a batch into an anonymous shared
+# mapping; the parent writes from views of it and then publishes how far it has consumed (``ctrl``), which is
+# the only thing a worker waits for when its ring is full.
+RING_BYTES = 16 << 20
+_HDR = struct.Struct("<BqqqqqqQ")  # kind, watermark, n, lines bytes, pickle bytes, ring position, progress
 DATA, DONE, FAILED = 0, 1, 2
+_POS = struct.Struct("<q")
 _NL = orjson.OPT_APPEND_NEWLINE
 _MSG_FIELDS = tuple(f.name for f in dataclasses.fields(Message))
 _msg_values = attrgetter(*_MSG_FIELDS)
@@ -273,6 +280,9 @@ class ShardPipeline(Pipeline):
         self.keys_c: list[int] = []
         self.det: list[tuple[int, int, Any]] = []
         self.sent: list[bytes] = []  # batches, when there is no connection (tests)
+        self.ring: mmap.mmap | None = None  # set by _work: this worker's ring and the parent's consumed positions
+        self.ctrl: mmap.mmap | None = None
+        self.wpos = 0  # absolute ring position of the next byte written (ring offset: wpos % RING_BYTES)
         self.progress = (0, 0)
         self.failure: Exception | None = None
 
@@ -309,14 +319,39 @@ class ShardPipeline(Pipeline):
         hi, c = self.keys_hi[:n], self.keys_c[:n]
         del self.keys_hi[:n], self.keys_c[:n]
         det, self.det = self.det, []
-        blob = marshal.dumps(lines) if n else b""  # a list of bytes both ways in C, no pickle memo per line
+        at = -1
+        if n and self.ring is not None:
+            blob = b"".join(lines)
+            if len(blob) <= RING_BYTES // 4:
+                at = self._put(blob)
+        if at >= 0:
+            blob = np.fromiter(map(len, lines), np.int64, n).tobytes()
+        else:
+            blob = marshal.dumps(lines) if n else b""  # a list of bytes both ways in C, no pickle memo per line
         dpk = pickle.dumps(det, pickle.HIGHEST_PROTOCOL) if det else b""
-        head = _HDR.pack(kind, watermark, n, len(blob), len(dpk), *self.progress)
+        head = _HDR.pack(kind, watermark, n, len(blob), len(dpk), at, *self.progress)
         parts = [head, np.array(hi, np.int64).tobytes(), np.array(c, np.int64).tobytes(), blob, dpk]
         if self.fd is not None:
             _write_all(self.fd, parts)
         else:
             self.sent.append(b"".join(parts))
+
+    def _put(self, blob: bytes) -> int:
+        """Copy a batch into the ring (never across its end); its absolute position. Waits while the parent has
+        not consumed enough: it consumes in key order, and the batches it holds back are bounded (_merge)."""
+        assert self.ring is not None and self.ctrl is not None
+        n = len(blob)
+        start = self.wpos
+        off = start % RING_BYTES
+        if off + n > RING_BYTES:
+            start += RING_BYTES - off
+            off = 0
+        unpack, ctrl, at = _POS.unpack_from, self.ctrl, 8 * self.index
+        while start + n - unpack(ctrl, at)[0] > RING_BYTES:
+            time.sleep(0.0002)
+        self.ring[off : off + n] = blob
+        self.wpos = start + n
+        return start
 
     def _sweep(self, ts: int, rec: Record, r: int) -> None:
         """The idle sweep FlowTable.process would run at this record (every worker runs it at the same records)."""
@@ -446,12 +481,13 @@ class ShardPipeline(Pipeline):
 
 def _work(
     index: int, n: int, files: list[str], config: Config, observer: Observer | None, events: bool,
-    ship: Callable[[Msg], bool] | None, ticks: bool, fd: int,
+    ship: Callable[[Msg], bool] | None, ticks: bool, fd: int, ring: mmap.mmap | None, ctrl: mmap.mmap | None,
 ) -> None:  # fmt: skip
     """Worker process body: replay one shard, stream its documents to the parent, then its stats."""
     try:
         report = SourceReport()
         p = ShardPipeline(config, observer, index, n, fd, events, ship, ticks)
+        p.ring, p.ctrl = ring, ctrl
         p.open()
         paths = expand_paths(files)
         st = SkipState(paths[0], report) if len(paths) == 1 else None  # see read_captures: one file only
@@ -462,13 +498,13 @@ def _work(
             "records": report.records, "bytes": report.bytes,
         }  # fmt: skip
         body = pickle.dumps(done, pickle.HIGHEST_PROTOCOL)
-        _write_all(fd, [_HDR.pack(DONE, END + 1, 0, 0, len(body), *p.progress), body])
+        _write_all(fd, [_HDR.pack(DONE, END + 1, 0, 0, len(body), -1, *p.progress), body])
     except BaseException as e:  # reported to the parent, which raises
         kind = "capture" if isinstance(e, CaptureError) else "crash"
         text = str(e) if kind == "capture" else traceback.format_exc()
         body = pickle.dumps((kind, text))
         with contextlib.suppress(OSError):
-            _write_all(fd, [_HDR.pack(FAILED, 0, 0, 0, len(body), 0, 0), body])
+            _write_all(fd, [_HDR.pack(FAILED, 0, 0, 0, len(body), -1, 0, 0), body])
     finally:
         os.close(fd)
 
@@ -479,23 +515,27 @@ def _work(
 
 
 class _Buffer:
-    """One worker's documents not yet released: keys (numpy) and lines, each in the worker's order."""
+    """One worker's documents not yet released: keys (numpy) and lines, each in the worker's order.
 
-    def __init__(self) -> None:
+    Lines from the ring are views of it, valid until the parent publishes them consumed (``consumed``)."""
+
+    def __init__(self, ring: mmap.mmap | None = None) -> None:
         self.hi = np.empty(0, np.int64)
         self.c = np.empty(0, np.int64)
-        self.lines: list[bytes] = []
+        self.ends = np.empty(0, np.int64)  # absolute ring end of each line (-1: not in the ring)
+        self.lines: list[Any] = []
         self.det: list[tuple[int, int, Any]] = []
         self.watermark = 0
         self.done: dict[str, Any] | None = None
         self.progress = (0, 0)
+        self.ring = memoryview(ring) if ring is not None else None
 
     def add(self, fd: int) -> tuple[int, Any]:
         """Read one message of the worker: its documents are appended; (kind, body of DONE/FAILED)."""
         head = _read_exact(fd, _HDR.size)
         if len(head) < _HDR.size:
             raise EOFError
-        kind, wm, n, blen, dlen, packets, nbytes = _HDR.unpack(head)
+        kind, wm, n, blen, dlen, at, packets, nbytes = _HDR.unpack(head)
         self.progress = (packets, nbytes)
         buf = _read_exact(fd, (16 * n + blen + dlen) if kind == DATA else dlen)
         if kind != DATA:
@@ -505,22 +545,33 @@ class _Buffer:
             hi = np.frombuffer(buf, np.int64, n, pos)
             c = np.frombuffer(buf, np.int64, n, pos + 8 * n)
             pos += 16 * n
-            self.lines += marshal.loads(memoryview(buf)[pos : pos + blen])
+            if at >= 0:
+                assert self.ring is not None
+                ends = np.cumsum(np.frombuffer(buf, np.int64, n, pos)) + at
+                off = at % RING_BYTES - at  # ring offset = absolute position + off (a batch never wraps)
+                bounds = (ends + off).tolist()
+                ring = self.ring
+                self.lines += [ring[a:b] for a, b in zip([at + off, *bounds[:-1]], bounds, strict=True)]
+            else:
+                self.lines += marshal.loads(memoryview(buf)[pos : pos + blen])
+                ends = np.full(n, -1, np.int64)
             self.hi = np.concatenate((self.hi, hi)) if len(self.hi) else hi
             self.c = np.concatenate((self.c, c)) if len(self.c) else c
+            self.ends = np.concatenate((self.ends, ends)) if len(self.ends) else ends
             pos += blen
         if dlen:
             self.det += pickle.loads(buf[pos : pos + dlen])
         self.watermark = wm
         return kind, None
 
-    def take(self, limit: int) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
-        """Documents with key below ``limit``."""
+    def take(self, limit: int) -> tuple[np.ndarray, np.ndarray, list[Any], int]:
+        """Documents with key below ``limit``, and the ring position consumed once they are written (-1: none)."""
         k = int(np.searchsorted(self.hi, limit, "left")) if len(self.hi) else 0
         hi, c, lines = self.hi[:k], self.c[:k], self.lines[:k]
-        self.hi, self.c = self.hi[k:], self.c[k:]
+        consumed = int(self.ends[k - 1]) if k else -1
+        self.hi, self.c, self.ends = self.hi[k:], self.c[k:], self.ends[k:]
         del self.lines[:k]
-        return hi, c, lines
+        return hi, c, lines, consumed
 
     def take_det(self, limit: int) -> list[tuple[int, int, Any]]:
         det = self.det
@@ -544,13 +595,13 @@ class _Parent:
         self.alerts = 0
         self.alerts_by_rule: dict[str, int] = {}
 
-    def events(self, lines: Sequence[bytes]) -> None:
+    def events(self, lines: Sequence[Any]) -> None:
         if not lines:
             return
         if self.chunks:
             batch: list[Any] = [b"".join(lines)]
         elif self.json_events:
-            batch = list(lines)
+            batch = [bytes(x) for x in lines]  # views of a worker's ring: copied before it is reused
         else:
             batch = [orjson.loads(x) for x in lines]
         for s in self.outputs.events:
@@ -593,20 +644,24 @@ class _Parent:
         self.flush_alerts()
 
 
-def _release(bufs: list[_Buffer], limit: int, parent: _Parent) -> None:
+def _release(bufs: list[_Buffer], limit: int, parent: _Parent, ctrl: mmap.mmap | None = None) -> None:
     """Write, in key order, every buffered document whose record is before ``limit`` (a record index * 4)."""
-    parts = [b.take(limit) for b in bufs]
-    parts = [p for p in parts if len(p[2])]
+    taken = [b.take(limit) for b in bufs]
+    parts = [p for p in taken if len(p[2])]
     if len(parts) == 1:
         parent.events(parts[0][2])
     elif parts:
         hi = np.concatenate([p[0] for p in parts])
         c = np.concatenate([p[1] for p in parts])
-        lines: list[bytes] = []
+        lines: list[Any] = []
         for p in parts:
             lines += p[2]  # extend in C
         order = np.lexsort((c, hi))  # stable: within one worker its own order is kept
         parent.events(itemgetter(*order.tolist())(lines) if len(order) > 1 else lines)
+    if ctrl is not None:  # written (copied out of the views): the workers may reuse that part of their rings
+        for i, p in enumerate(taken):
+            if p[3] >= 0:
+                _POS.pack_into(ctrl, 8 * i, p[3])
     if parent.detectors:
         dets = [d for d in (b.take_det(limit) for b in bufs) if d]
         if len(dets) == 1:
@@ -694,11 +749,14 @@ def replay_parallel(
     procs: list[Any] = []
     fds: list[int] = []
     prog = None
+    events = bool(outputs.events)
+    rings = [mmap.mmap(-1, RING_BYTES) if events else None for _ in range(n)]  # anonymous, shared with the forks
+    ctrl = mmap.mmap(-1, 8 * n) if events else None
     try:
         for i in range(n):
             recv, send = os.pipe()
             _pipe_size(send)
-            args = (i, n, files, config, observer, bool(outputs.events), ship, i == 0 and bool(detectors), send)
+            args = (i, n, files, config, observer, events, ship, i == 0 and bool(detectors), send, rings[i], ctrl)
             p = ctx.Process(target=_work, args=args, name=f"ics-sensor-worker-{i}", daemon=True)
             p.start()
             os.close(send)
@@ -710,7 +768,7 @@ def replay_parallel(
         for s in outputs.all():
             s.open()
         parent = _Parent(outputs, detectors, mapper)
-        done = _merge(fds, procs, parent, update)
+        done = _merge(fds, procs, parent, update, rings, ctrl)
         parent.close_detectors()
     finally:
         if prog is not None:
@@ -752,7 +810,12 @@ def replay_parallel(
 
 
 def _merge(
-    fds: list[int], procs: list[Any], parent: _Parent, update: Callable[[int, int], None] | None
+    fds: list[int],
+    procs: list[Any],
+    parent: _Parent,
+    update: Callable[[int, int], None] | None,
+    rings: list[mmap.mmap | None] | None = None,
+    ctrl: mmap.mmap | None = None,
 ) -> list[dict[str, Any]]:
     """Read every worker until it is done, releasing documents as soon as every worker has passed them.
 
@@ -760,7 +823,7 @@ def _merge(
     waits), except the one holding the release back, which is always read.
     """
     n = len(fds)
-    bufs = [_Buffer() for _ in range(n)]
+    bufs = [_Buffer(rings[i] if rings else None) for i in range(n)]
     live = set(range(n))
     index = {fd: i for i, fd in enumerate(fds)}
     while live:
@@ -784,5 +847,5 @@ def _merge(
                 live.discard(i)
         if update is not None:
             update(*bufs[0].progress)
-        _release(bufs, min((bufs[i].watermark for i in live), default=END + 1) << 2, parent)
+        _release(bufs, min((bufs[i].watermark for i in live), default=END + 1) << 2, parent, ctrl)
     return [b.done for b in bufs]  # type: ignore[misc]

@@ -166,6 +166,23 @@ def test_single_file_identical_with_the_readers_filter(tmp_path: Path, name: str
     assert sum(stats["messages"].values()) > 50
 
 
+@pytest.mark.parametrize(("ring", "batch"), [(256 << 10, 16), (64 << 10, 2048)])
+def test_small_rings_wrap_and_wait_or_fall_back_to_the_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ring: int, batch: int
+) -> None:
+    """Event lines travel in a shared ring per worker: with a tiny ring the writers wrap around it many times and
+    wait for the parent to consume; a batch too big for the ring goes through the pipe instead. Same output."""
+    import sensor.parallel as par
+    import sensor.pipeline as pipeline
+
+    cap = SHARED_PCAPS / "zeek" / "modbusBig.pcap"  # about 7 MB of event lines
+    _need(cap)
+    monkeypatch.setattr(par, "RING_BYTES", ring)
+    monkeypatch.setattr(par, "BATCH", batch)
+    monkeypatch.setattr(pipeline, "BATCH", batch)
+    _same_as_one_process([str(cap)], tmp_path, rules=False)
+
+
 def test_merge_stats_sums_per_flow_counters_only() -> None:
     a = {"packets": 10, "bytes": 100, "flows": 2, "messages": {"modbus": 3}, "frames": {"not_ip": 1},
          "tcp": {"gaps": 1}, "seconds": 1.0, "packets_per_second": 10, "alerts": 0, "alerts_by_rule": {}}  # fmt: skip
