@@ -275,13 +275,13 @@ class ShardPipeline(Pipeline):
         self.ship, self.ticks = ship, ticks
         self.keyed = events  # one key per event document
         self.hi = 0  # record index * 4 + phase of what is being processed
-        self.own = True
         self.keys_hi: list[int] = []
         self.keys_c: list[int] = []
         self.det: list[tuple[int, int, Any]] = []
         self.sent: list[bytes] = []  # batches, when there is no connection (tests)
         self.ring: mmap.mmap | None = None  # set by _work: this worker's ring and the parent's consumed positions
         self.ctrl: mmap.mmap | None = None
+        self.skip_state: SkipState | None = None
         self.wpos = 0  # absolute ring position of the next byte written (ring offset: wpos % RING_BYTES)
         self.progress = (0, 0)
         self.failure: Exception | None = None
@@ -297,7 +297,7 @@ class ShardPipeline(Pipeline):
 
     def _on_message(self, m: Msg) -> None:
         try:
-            c = 0 if self.own or m.flow is None else m.flow.flow_id
+            c = 0 if self.hi & 3 == PH_OWN or m.flow is None else m.flow.flow_id  # own flow: one per record
             if self.keyed:
                 self.keys_hi.append(self.hi)
                 self.keys_c.append(c)
@@ -307,6 +307,9 @@ class ShardPipeline(Pipeline):
         except Exception as e:  # the flow table would count it as a decoder exception: fail the worker instead
             self.failure = self.failure or e
         _pipeline_on_message(self, m)
+
+    def _flush_events(self) -> None:
+        super()._flush_events()
         if len(self.sink.lines) >= BATCH:
             self.send(self.hi >> 2)
 
@@ -356,12 +359,20 @@ class ShardPipeline(Pipeline):
     def _sweep(self, ts: int, rec: Record, r: int) -> None:
         """The idle sweep FlowTable.process would run at this record (every worker runs it at the same records)."""
         self.hi = (r << 2) | PH_SWEEP
-        self.own = False
         self.flows.sweep(ts, rec)
+        self._set_thr()
+
+    def _set_thr(self) -> None:
+        """Tell the reader's filter the last time it may drop a record at: before the next sweep or tick."""
+        st = self.skip_state
+        if st is not None:
+            thr = self.flows.last_sweep + self.flows.sweep_ns
+            st.thr = min(thr, self._next_tick - 1) if self.ticks else thr
 
     def run_shard(self, records: Iterable[Record], st: SkipState | None = None) -> None:
         """Pipeline.run for one shard. With ``st`` the reader already dropped most of the other shards' packets
         (``make_skip``): the record index is then ``Record.frame`` and the dropped records' time is in ``st``."""
+        self.skip_state = st
         decode = self.frames.decode
         unpack_tcp = _TCP.unpack_from
         unpack_eth_ip = _ETH_IP_TCP.unpack_from
@@ -401,6 +412,8 @@ class ShardPipeline(Pipeline):
                 self._next_tick = ts + TICK_NS
                 if ticks:
                     self.det.append(((r << 2) | PH_TICK, 0, ts))
+                if st is not None:
+                    self._set_thr()
             # Ethernet, IPv4 without options, not a fragment, TCP with sane lengths: a Segment for any decoder,
             # built here as FrameDecoder's fast path builds it, and sharded without building it when not ours.
             if st is not None and st.mine_at == rec.offset:  # the reader's filter already tested and hashed it
@@ -444,12 +457,8 @@ class ShardPipeline(Pipeline):
                     self._sweep(ts, rec, r)
             if seg is not None:
                 self.hi = (r << 2) | PH_OWN
-                self.own = True
                 flows.next_id = r - 1  # a flow created now gets this record's index as its id
                 process(seg, rec)
-            if st is not None:  # the next dropped record must not need a sweep or a tick
-                thr = flows.last_sweep + sweep_ns
-                st.thr = min(thr, self._next_tick - 1) if ticks else thr
         last: PacketRef | None = rec
         if st is not None:
             if st.max_ts > flows.now:
@@ -473,7 +482,6 @@ class ShardPipeline(Pipeline):
     def finish(self) -> dict[str, Any]:
         """End of capture: close every flow (phase END), ship the rest; the shard's stats."""
         self.hi = (END << 2) | PH_END
-        self.own = False
         stats = self.close()
         self.send(END + 1)
         return stats
