@@ -47,6 +47,7 @@ TSHARK_FIELDS = {
     "mqtt": ["mqtt.msgtype", "mqtt.qos", "mqtt.retain", "mqtt.dupflag", "mqtt.msgid", "mqtt.topic", "mqtt.clientid",
              "mqtt.conack.val"],
 }  # fmt: skip
+TSHARK_FIELDS["mixed"] = [f for fields in list(TSHARK_FIELDS.values()) for f in fields]
 
 
 def tree_pss_kb(pid: int) -> int:
