@@ -30,7 +30,7 @@ and closes flows in), and never in a document.
 Workers are forked (the compiled rules hold closures; fork also shares the loaded config without re-parsing).
 
 Cost (bench/bench_replay.py --workers 2): a worker pays about 0.5 us for each packet of the others' flows, and
-each document is marshalled, piped and merged once more in the parent; see the README for the figures. Stats
+each document is copied into a shared ring and merged once more in the parent; see the README for the figures. Stats
 ``frames`` and the packet and byte counts come from worker 0 (every worker sees every record); other counters
 are summed. With several input files the reader's filter is off (the merged record index is not the file's),
 and every worker builds every record.
@@ -45,7 +45,6 @@ import bisect
 import contextlib
 import dataclasses
 import fcntl
-import marshal
 import mmap
 import multiprocessing as mp
 import os
@@ -83,10 +82,9 @@ _MIX_A, _MIX_B = 0x9E3779B1, 0x85EBCA77  # odd 32-bit multipliers (golden ratio;
 # protocol, source, destination, source port, destination port, TCP data offset.
 _ETH_IP_TCP = struct.Struct("!12xHBxH2xHxB2xIIHH8xB")
 _TCP = struct.Struct("!HHIIBBH")  # as sensor.frames
-# Message: header, then for DATA n keys (int64 hi), n keys (int64 c), then either n line sizes (int64) when the
-# lines were put in the worker's shared ring at the header's ring position, or the lines themselves (a marshalled
-# list of bytes, when there is no ring or a batch is too big for it), then pickled detector items; for DONE and
-# FAILED a pickle.
+# Message: header, then for DATA n keys (int64 hi), n keys (int64 c), n line sizes (int64), the lines themselves
+# unless they were put in the worker's shared ring at the header's ring position (no ring, or a batch too big for
+# it), then pickled detector items; for DONE and FAILED a pickle.
 # The ring: event lines are most of the bytes (about 600 a document); through a pipe they were copied four times
 # and the parent's pipe reads alone cost a microsecond a line. The worker copies a batch into an anonymous shared
 # mapping; the parent writes from views of it and then publishes how far it has consumed (``ctrl``), which is
@@ -323,14 +321,11 @@ class ShardPipeline(Pipeline):
         del self.keys_hi[:n], self.keys_c[:n]
         det, self.det = self.det, []
         at = -1
-        if n and self.ring is not None:
-            blob = b"".join(lines)
-            if len(blob) <= RING_BYTES // 4:
-                at = self._put(blob)
-        if at >= 0:
-            blob = np.fromiter(map(len, lines), np.int64, n).tobytes()
-        else:
-            blob = marshal.dumps(lines) if n else b""  # a list of bytes both ways in C, no pickle memo per line
+        blob = b"".join(lines)
+        if n and self.ring is not None and len(blob) <= RING_BYTES // 4:
+            at = self._put(blob)
+        sizes = np.fromiter(map(len, lines), np.int64, n).tobytes()
+        blob = sizes if at >= 0 else sizes + blob  # the lines themselves when they are not in the ring
         dpk = pickle.dumps(det, pickle.HIGHEST_PROTOCOL) if det else b""
         head = _HDR.pack(kind, watermark, n, len(blob), len(dpk), at, *self.progress)
         parts = [head, np.array(hi, np.int64).tobytes(), np.array(c, np.int64).tobytes(), blob, dpk]
@@ -553,16 +548,18 @@ class _Buffer:
             hi = np.frombuffer(buf, np.int64, n, pos)
             c = np.frombuffer(buf, np.int64, n, pos + 8 * n)
             pos += 16 * n
+            sizes = np.cumsum(np.frombuffer(buf, np.int64, n, pos))
             if at >= 0:
                 assert self.ring is not None
-                ends = np.cumsum(np.frombuffer(buf, np.int64, n, pos)) + at
+                ends = sizes + at
                 off = at % RING_BYTES - at  # ring offset = absolute position + off (a batch never wraps)
                 bounds = (ends + off).tolist()
-                ring = self.ring
-                self.lines += [ring[a:b] for a, b in zip([at + off, *bounds[:-1]], bounds, strict=True)]
-            else:
-                self.lines += marshal.loads(memoryview(buf)[pos : pos + blen])
+                view, first = self.ring, at + off
+            else:  # the lines follow their sizes in the message: views of it
                 ends = np.full(n, -1, np.int64)
+                bounds = (sizes + (pos + 8 * n)).tolist()
+                view, first = memoryview(buf), pos + 8 * n
+            self.lines += [view[a:b] for a, b in zip([first, *bounds[:-1]], bounds, strict=True)]
             self.hi = np.concatenate((self.hi, hi)) if len(self.hi) else hi
             self.c = np.concatenate((self.c, c)) if len(self.c) else c
             self.ends = np.concatenate((self.ends, ends)) if len(self.ends) else ends
