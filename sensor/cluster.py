@@ -121,19 +121,21 @@ def replay_cluster(
     es_urls: tuple[str, ...], rules_paths: tuple[str, ...], no_builtin_rules: bool, model_path: str | None,
 ) -> None:  # fmt: skip
     """Replay an archive on a Dask cluster: one task per capture file (needs `pip install 'dask[distributed]'`)."""
+    from sensor.cli import fail
+    from sensor.source import CaptureError
+
     try:
         import dask.distributed  # noqa: F401
     except ImportError:
-        raise click.ClickException("replay-cluster needs Dask: pip install 'dask[distributed]'") from None
-    from sensor.source import CaptureError
+        fail("replay-cluster needs Dask: pip install 'dask[distributed]'")
 
     try:
         results = replay_on_dask(
             captures, out_dir, scheduler, config_path=config_path, es_urls=es_urls, rules_paths=rules_paths,
             no_builtin_rules=no_builtin_rules, model_path=model_path,
         )  # fmt: skip
-    except CaptureError as e:
-        raise click.ClickException(str(e)) from None
+    except (CaptureError, OSError) as e:
+        fail(str(e))
     packets = sum(r["packets"] for r in results)
     alerts = sum(r["alerts"] for r in results)
     click.echo(f"captures: {len(results)}  packets: {packets:,}  alerts: {alerts:,}  outputs in {out_dir}", err=True)

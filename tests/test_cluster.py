@@ -61,3 +61,8 @@ def test_dask_cluster_replay_matches_one_machine_and_fills_one_elasticsearch(
         ids = es.ids()
         assert len(ids) == len(set(ids)) == sum(r["elasticsearch"]["delivered"] for r in results)
         assert len(ids) > total
+
+
+def test_replay_cluster_command_names_a_missing_capture(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["replay-cluster", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "nope: no such file or directory" in res.output
