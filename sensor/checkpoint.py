@@ -5,6 +5,8 @@ order), so a resumed replay reads past that many records without processing them
 to its length at the checkpoint (whatever was written after it is written again) and appends from there. What
 was written before the checkpoint is byte for byte what an uninterrupted replay writes; nothing is lost or
 written twice. Elasticsearch needs nothing: document ids are deterministic, so a re-sent document is a no-op.
+With ``--workers`` the parent checkpoints whenever every worker has passed a record, and a resume skips the same
+records in every worker; a test checks it gives what one process gives when resuming from the same checkpoint.
 
 Limit, as when any sensor restarts: flow and detector state is not saved, so flows open at the checkpoint are
 picked up midstream after it (a request answered after the checkpoint is reported unanswered before it and its

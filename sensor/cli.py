@@ -146,7 +146,7 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=None, is_flag=False, flag_value=0, metavar="N", help="Worker processes, flows sharded by hash; the same output as one process. 0 or no N: one per CPU. Default: one per CPU for captures of 64 MiB or more, else 1.")
 @click.option("--model", "model_path", metavar="PATH", help="Score traffic against a model from `ics-sensor train` (baseline + anomaly model).")
 @click.option("--model-learn", "model_learn", metavar="PATH", help="With --model: keep learning slowly (guarded) and save the updated model to PATH.")
-@click.option("--checkpoint", "checkpoint_path", metavar="PATH", help="Resumable replay: record progress in PATH; run the same command again to resume after an interruption (one process).")
+@click.option("--checkpoint", "checkpoint_path", metavar="PATH", help="Resumable replay: record progress in PATH; run the same command again to resume after an interruption.")
 @click.option("--checkpoint-every", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="SECONDS", help="Seconds between checkpoints.")
 def replay(
     captures: tuple[str, ...], events_path: str | None, alerts_path: str | None, stats_path: str | None,
@@ -189,39 +189,36 @@ def replay(
         html_report.rule_pack = rule_pack_summary(detectors)
     detectors = [*detectors, *model_detectors(config, model_path, model_learn)]  # issue 6: learned baseline + model
     workers = default_workers(files) if workers is None else workers or os.cpu_count() or 1
-    if ckpt is not None:
-        workers = 1  # checkpoints are taken by the single-process pipeline
+    base = ckpt.records if ckpt is not None else 0  # records a resumed replay passes over
+    ndjson = [s for s in outputs.all() if isinstance(s, NdjsonSink)]
     if workers > 1:  # issue 10: sharded over processes (sensor/parallel.py), documents identical to one process
         from sensor.parallel import ParallelError, replay_parallel
 
         detectors = [*detectors, *asset_feeds(config, outputs.assets, observer_from(config))]  # the parent tracks hosts
 
+        def pmark(done: int, flush: Callable[[], None]) -> None:
+            if ckpt is not None and done > base and ckpt.due():
+                flush()
+                ckpt.save(done, {s.path: s.position() for s in ndjson})
+
         try:
             stats = replay_parallel(
                 config, files, outputs, detectors, observer_from(config), workers, report,
-                progress=lambda: _progress(files),
+                progress=lambda: _progress(files), start=base, mark=pmark if ckpt is not None else None,
             )  # fmt: skip
-        except (CaptureError, ParallelError) as e:
+        except (CaptureError, ParallelError, CheckpointError) as e:
             fail(str(e))
         except OSError as e:
             fail(f"{e.filename or ''}: {e.strerror or e}")
-        stats["source_problems"] = list(report.problems)
-        save_learned(detectors, model_learn)
-        if not quiet:
-            for line in summary_lines(stats, report):
-                click.echo(line, err=True)
-            if es_sink is not None:
-                click.echo(es_summary(es_sink), err=True)
+        finish_replay(stats, report, detectors, model_learn, ckpt, base, paths, quiet, es_sink, checkpoint_path)
         return
     pipe = Pipeline(config, outputs, detectors=detectors, observer=observer_from(config))
     update, prog = _progress(files)
     records: Iterable[Record] = read_captures(files, report)
-    base = ckpt.records if ckpt is not None else 0
     if base:  # resumed: read past what the checkpoint says was done
         records = itertools.islice(records, base, None)
     mark = None
     if ckpt is not None:
-        ndjson = [s for s in outputs.all() if isinstance(s, NdjsonSink)]
 
         def mark(packets: int) -> None:
             if ckpt.due():
@@ -231,7 +228,7 @@ def replay(
     try:
         pipe.open()
         pipe.run(records, progress=update, mark=mark)
-    except CaptureError as e:
+    except (CaptureError, CheckpointError) as e:
         fail(str(e))
     except OSError as e:
         fail(f"{e.filename or ''}: {e.strerror or e}")
@@ -239,6 +236,15 @@ def replay(
         if prog is not None:
             prog.stop()
     stats = pipe.close()
+    finish_replay(stats, report, detectors, model_learn, ckpt, base, paths, quiet, es_sink, checkpoint_path)
+
+
+def finish_replay(
+    stats: dict[str, Any], report: SourceReport, detectors: list[Any], model_learn: str | None,
+    ckpt: Checkpoint | None, base: int, paths: dict[str, str | None], quiet: bool, es_sink: Any,
+    checkpoint_path: str | None,
+) -> None:  # fmt: skip
+    """After either replay path: the learned model, the final checkpoint, the summary."""
     stats["source_problems"] = list(report.problems)
     save_learned(detectors, model_learn)
     if ckpt is not None:

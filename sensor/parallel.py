@@ -45,6 +45,7 @@ import bisect
 import contextlib
 import dataclasses
 import fcntl
+import itertools
 import mmap
 import multiprocessing as mp
 import os
@@ -97,6 +98,9 @@ _NL = orjson.OPT_APPEND_NEWLINE
 _MSG_FIELDS = tuple(f.name for f in dataclasses.fields(Message))
 _msg_values = attrgetter(*_MSG_FIELDS)
 _FLOW_AT, _PACKET_AT = _MSG_FIELDS.index("flow"), _MSG_FIELDS.index("packet")
+
+
+Mark = Callable[[int, Callable[[], None]], None]
 
 
 class ParallelError(Exception):
@@ -364,9 +368,11 @@ class ShardPipeline(Pipeline):
             thr = self.flows.last_sweep + self.flows.sweep_ns
             st.thr = min(thr, self._next_tick - 1) if self.ticks else thr
 
-    def run_shard(self, records: Iterable[Record], st: SkipState | None = None) -> None:
+    def run_shard(self, records: Iterable[Record], st: SkipState | None = None, start: int = 0) -> None:
         """Pipeline.run for one shard. With ``st`` the reader already dropped most of the other shards' packets
-        (``make_skip``): the record index is then ``Record.frame`` and the dropped records' time is in ``st``."""
+        (``make_skip``): the record index is then ``Record.frame`` and the dropped records' time is in ``st``.
+        ``start``: records already done (a resumed replay): without ``st`` the caller left them out of
+        ``records``; with it they are passed over here, before they touch any state."""
         self.skip_state = st
         decode = self.frames.decode
         unpack_tcp = _TCP.unpack_from
@@ -379,18 +385,23 @@ class ShardPipeline(Pipeline):
         packets = c.packets
         nbytes = c.bytes
         ticks = self.ticks
-        next_wm = WATERMARK_EVERY
+        next_wm = start + WATERMARK_EVERY
         rec: Record | None = None
-        r = 0
+        r = start
+        before = 0  # bytes of the records passed over (resumed, with st)
         for rec in records:
             if st is None:
                 r += 1
                 nbytes += len(rec.data)
             else:
                 r = rec.frame
+                if r <= start:  # nothing is dropped before the first record is passed on (st.thr is -1)
+                    before += len(rec.data)
+                    rec = None
+                    continue
                 if st.max_ts > flows.now:  # the dropped records before this one advanced capture time
                     flows.now = st.max_ts
-            packets = r
+            packets = r - start
             if r >= next_wm:
                 next_wm = r + WATERMARK_EVERY
                 self._flush_events()
@@ -458,7 +469,7 @@ class ShardPipeline(Pipeline):
         if st is not None:
             if st.max_ts > flows.now:
                 flows.now = st.max_ts
-            packets, nbytes = st.report.records, st.report.bytes
+            packets, nbytes = st.report.records - start, st.report.bytes - before
             if st.offset >= 0 and (rec is None or rec.frame < st.report.records):  # the last record was dropped
                 last = PacketRef(st.path, st.report.records, st.offset)
                 c.last_ts = max(c.last_ts or 0, st.ts)
@@ -485,6 +496,7 @@ class ShardPipeline(Pipeline):
 def _work(
     index: int, n: int, files: list[str], config: Config, observer: Observer | None, events: bool,
     ship: Callable[[Msg], bool] | None, ticks: bool, fd: int, ring: mmap.mmap | None, ctrl: mmap.mmap | None,
+    start: int = 0,
 ) -> None:  # fmt: skip
     """Worker process body: replay one shard, stream its documents to the parent, then its stats."""
     try:
@@ -494,7 +506,10 @@ def _work(
         p.open()
         paths = expand_paths(files)
         st = SkipState(paths[0], report) if len(paths) == 1 else None  # see read_captures: one file only
-        p.run_shard(read_captures(files, report, make_skip(index, n, st) if st else None), st)
+        records: Iterable[Record] = read_captures(files, report, make_skip(index, n, st) if st else None)
+        if st is None and start:
+            records = itertools.islice(records, start, None)
+        p.run_shard(records, st, start)
         stats = p.finish()
         done = {
             "stats": stats, "last_ts": p.counters.last_ts, "files": report.files, "problems": report.problems,
@@ -739,10 +754,14 @@ def replay_parallel(
     config: Config, files: list[str], outputs: Outputs, detectors: Iterable[Any], observer: Observer | None,
     workers: int, report: SourceReport,
     progress: Callable[[], tuple[Callable[[int, int], None] | None, Any]] | None = None,
+    start: int = 0, mark: Mark | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Replay ``files`` with ``workers`` processes; writes ``outputs`` exactly as one Pipeline would.
 
     ``progress`` starts a progress display (called after the workers are forked, so no thread is forked).
+    ``start``: records done before (a resumed replay; as ``Pipeline.run`` on the records after them).
+    ``mark(done, flush)``: called whenever every document of the first ``done`` records has been handed to the
+    sinks; ``flush()`` pushes buffered alerts and sink buffers out (for a checkpoint).
     Raises CaptureError for unreadable captures and ParallelError when a worker fails.
     """
     detectors = list(detectors)
@@ -761,7 +780,20 @@ def replay_parallel(
         for i in range(n):
             recv, send = os.pipe()
             _pipe_size(send)
-            args = (i, n, files, config, observer, events, ship, i == 0 and bool(detectors), send, rings[i], ctrl)
+            args = (
+                i,
+                n,
+                files,
+                config,
+                observer,
+                events,
+                ship,
+                i == 0 and bool(detectors),
+                send,
+                rings[i],
+                ctrl,
+                start,
+            )
             p = ctx.Process(target=_work, args=args, name=f"ics-sensor-worker-{i}", daemon=True)
             p.start()
             os.close(send)
@@ -773,7 +805,14 @@ def replay_parallel(
         for s in outputs.all():
             s.open()
         parent = _Parent(outputs, detectors, mapper)
-        done = _merge(fds, procs, parent, update, rings, ctrl)
+
+        def flush() -> None:
+            parent.flush_alerts()
+            for s in outputs.all():
+                s.flush()
+
+        on_release = (lambda done: mark(done, flush)) if mark is not None else None
+        done = _merge(fds, procs, parent, update, rings, ctrl, on_release)
         parent.close_detectors()
     finally:
         if prog is not None:
@@ -821,6 +860,7 @@ def _merge(
     update: Callable[[int, int], None] | None,
     rings: list[mmap.mmap | None] | None = None,
     ctrl: mmap.mmap | None = None,
+    on_release: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Read every worker until it is done, releasing documents as soon as every worker has passed them.
 
@@ -852,5 +892,8 @@ def _merge(
                 live.discard(i)
         if update is not None:
             update(*bufs[0].progress)
-        _release(bufs, min((bufs[i].watermark for i in live), default=END + 1) << 2, parent, ctrl)
+        low = min((bufs[i].watermark for i in live), default=END + 1)
+        _release(bufs, low << 2, parent, ctrl)
+        if on_release is not None and low <= END:
+            on_release(low - 1)  # records 1 .. low - 1 are written
     return [b.done for b in bufs]  # type: ignore[misc]
