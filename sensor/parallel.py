@@ -97,7 +97,7 @@ _POS = struct.Struct("<q")
 _NL = orjson.OPT_APPEND_NEWLINE
 _MSG_FIELDS = tuple(f.name for f in dataclasses.fields(Message))
 _msg_values = attrgetter(*_MSG_FIELDS)
-_FLOW_AT, _PACKET_AT = _MSG_FIELDS.index("flow"), _MSG_FIELDS.index("packet")
+_PACKET_AT = _MSG_FIELDS.index("packet")
 
 
 Mark = Callable[[int, Callable[[], None]], None]
@@ -108,17 +108,39 @@ class ParallelError(Exception):
 
 
 def shard_of(src: bytes, dst: bytes, sport: int, dport: int, proto: int, n: int) -> int:
-    """Worker index of a flow: symmetric in the two endpoints, the same in every process.
+    """Worker index of a flow: symmetric in the two endpoints, the same in every process."""
+    return _mix(int.from_bytes(src, "big") + int.from_bytes(dst, "big"), sport + dport, proto, n)
 
-    Sums (symmetric) of the addresses and of the ports, mixed by multiplication, and the top bits taken
-    (``k * n >> 32``): XOR of the endpoints cancels the common prefix of a client and server in one subnet and
-    left the split 53/47 on the bench captures; this is 50.0/50.0. Integer arithmetic only, never the salted
-    ``hash()``; the raw fast paths (``make_skip``, ShardPipeline.run_shard) compute the same (keep them in step).
-    """
-    s = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
-    while s >> 32:  # IPv6, or an IPv4 sum's carry: fold to 32 bits
-        s = (s & 0xFFFFFFFF) ^ (s >> 32)
-    return (((s * _MIX_A + (sport + dport) * _MIX_B + proto) & 0xFFFFFFFF) * n) >> 32
+
+def _mix(addresses: int, ports: int, proto: int, n: int) -> int:
+    """The flow hash from the sums (symmetric) of the endpoints' addresses and ports: folded to 32 bits, mixed by
+    multiplication, the top bits taken (``k * n >> 32``). XOR of the endpoints cancelled the common prefix of a
+    client and server in one subnet and split the bench captures 53/47; this splits them 50.0/50.0. Integer
+    arithmetic only, never the salted ``hash()``."""
+    while addresses >> 32:  # IPv6, or an IPv4 sum's carry
+        addresses = (addresses & 0xFFFFFFFF) ^ (addresses >> 32)
+    return (((addresses * _MIX_A + ports * _MIX_B + proto) & 0xFFFFFFFF) * n) >> 32
+
+
+def _fast_shard(buf: bytes, at: int, caplen: int, n: int) -> int:
+    """Worker of an Ethernet frame at ``buf[at:]`` on the fast path (IPv4 without options, not a fragment, TCP with
+    sane lengths), read straight from the bytes; -1 for any other frame (FrameDecoder and segment_shard decide)."""
+    if caplen < 54:
+        return -1
+    etype, vihl, total, frag, proto, src, dst, sport, dport, doff = _ETH_IP_TCP.unpack_from(buf, at)
+    if (
+        etype != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF or doff < 0x50
+        or 20 + (doff >> 4) * 4 > total or total + 14 > caplen
+    ):  # fmt: skip
+        return -1
+    return _mix(src + dst, sport + dport, 6, n)
+
+
+def _fast_segment(ts: int, data: bytes) -> Segment:
+    """The Segment of a fast-path frame (``_fast_shard`` >= 0), as FrameDecoder's fast path builds it."""
+    sport, dport, seq, ack, _off, flags, _win = _TCP.unpack_from(data, 34)
+    end = 14 + ((data[16] << 8) | data[17])
+    return Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + (data[46] >> 4) * 4 : end])
 
 
 def segment_shard(seg: Segment, n: int) -> int:
@@ -135,7 +157,7 @@ class SkipState:
     point at it).
     """
 
-    __slots__ = ("left", "max_ts", "mine_at", "mine_hl", "offset", "path", "report", "thr", "ts")
+    __slots__ = ("left", "max_ts", "mine_at", "offset", "path", "report", "thr", "ts")
 
     def __init__(self, path: str, report: SourceReport) -> None:
         self.path, self.report = path, report
@@ -145,28 +167,20 @@ class SkipState:
         self.ts = 0
         self.offset = -1
         self.mine_at = -1  # file offset of the last record the filter found to be this worker's (fast path)
-        self.mine_hl = 0  # and its TCP header length
 
 
 def make_skip(me: int, n: int, st: SkipState) -> Skip:
-    """The reader's filter for worker ``me`` of ``n``: drops Ethernet/IPv4/TCP packets of the other workers' flows
-    (the same test and hash as run_shard's fast path), unless their time matters (``st.thr``, ``st.left``)."""
-    unpack = _ETH_IP_TCP.unpack_from
+    """The reader's filter for worker ``me`` of ``n``: drops fast-path packets of the other workers' flows
+    (``_fast_shard``), unless their time matters (``st.thr``, ``st.left``)."""
 
     def skip(buf: bytes, at: int, caplen: int, ts: int, linktype: int, offset: int) -> bool:
-        if linktype != 1 or caplen < 54 or ts > st.thr:
+        if linktype != 1 or ts > st.thr:
             return False
-        etype, vihl, total, frag, proto, src, dst, sport, dport, doff = unpack(buf, at)
-        if (
-            etype != 0x0800 or vihl != 0x45 or proto != 6 or frag & 0x3FFF or doff < 0x50
-            or 20 + (doff >> 4) * 4 > total or total + 14 > caplen
-        ):  # fmt: skip
+        k = _fast_shard(buf, at, caplen, n)
+        if k < 0:
             return False
-        x = src + dst
-        if x >> 32:
-            x = (x & 0xFFFFFFFF) ^ (x >> 32)
-        if ((((x * _MIX_A + (sport + dport) * _MIX_B + 6) & 0xFFFFFFFF) * n) >> 32) == me:
-            st.mine_at, st.mine_hl = offset, (doff >> 4) * 4  # run_shard need not test and hash it again
+        if k == me:
+            st.mine_at = offset  # run_shard need not test and hash it again
             return False
         st.left -= 1
         if st.left < 0:
@@ -375,8 +389,6 @@ class ShardPipeline(Pipeline):
         ``records``; with it they are passed over here, before they touch any state."""
         self.skip_state = st
         decode = self.frames.decode
-        unpack_tcp = _TCP.unpack_from
-        unpack_eth_ip = _ETH_IP_TCP.unpack_from
         flows = self.flows
         process = flows.process
         sweep_ns = flows.sweep_ns
@@ -420,43 +432,20 @@ class ShardPipeline(Pipeline):
                     self.det.append(((r << 2) | PH_TICK, 0, ts))
                 if st is not None:
                     self._set_thr()
-            # Ethernet, IPv4 without options, not a fragment, TCP with sane lengths: a Segment for any decoder,
-            # built here as FrameDecoder's fast path builds it, and sharded without building it when not ours.
-            if st is not None and st.mine_at == rec.offset:  # the reader's filter already tested and hashed it
-                is_seg = True
-                sport, dport, seq, ack, _off, flags, _win = unpack_tcp(data, 34)
-                end = 14 + ((data[16] << 8) | data[17])
-                seg = Segment(
-                    ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + st.mine_hl : end]
-                )
+            # The fast path (Ethernet, IPv4 without options, TCP) is sharded from the raw bytes, and a Segment is
+            # built only for this worker's packets; any other frame goes through FrameDecoder.
+            if st is not None and st.mine_at == rec.offset:  # the reader's filter already found it to be ours
+                k = me
             else:
-                if rec.linktype == 1 and len(data) >= 54:
-                    etype, vihl, total, frag, proto, src, dst, sport, dport, doff = unpack_eth_ip(data, 0)
-                    hl = (doff >> 4) * 4
-                    end = 14 + total
-                    fast = (
-                        etype == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF and hl >= 20
-                        and 34 + hl <= end <= len(data)
-                    )  # fmt: skip
-                else:
-                    fast = False
-                if fast:
-                    is_seg = True
-                    x = src + dst
-                    if x >> 32:
-                        x = (x & 0xFFFFFFFF) ^ (x >> 32)
-                    if ((((x * _MIX_A + (sport + dport) * _MIX_B + 6) & 0xFFFFFFFF) * n) >> 32) == me:
-                        _sp, _dp, seq, ack, _off, flags, _win = unpack_tcp(data, 34)
-                        seg = Segment(
-                            ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + hl : end]
-                        )
-                    else:
-                        seg = None
-                else:
-                    seg = decode(ts, rec.linktype, data)
-                    is_seg = seg is not None
-                    if seg is not None and segment_shard(seg, n) != me:
-                        seg = None
+                k = _fast_shard(data, 0, len(data), n) if rec.linktype == 1 else -1
+            if k >= 0:
+                is_seg = True
+                seg = _fast_segment(ts, data) if k == me else None
+            else:
+                seg = decode(ts, rec.linktype, data)
+                is_seg = seg is not None
+                if seg is not None and segment_shard(seg, n) != me:
+                    seg = None
             if is_seg and ts > flows.now:  # FlowTable.process's own first step, here so sweeps get their phase
                 flows.now = ts
                 if ts - flows.last_sweep > sweep_ns:
