@@ -81,7 +81,8 @@ def _mqtt_str(s: bytes) -> bytes:
     return struct.pack("!H", len(s)) + s
 
 
-def _mqtt(first: int, body: bytes) -> bytes:
+def mqtt_packet(first: int, body: bytes) -> bytes:
+    """One MQTT control packet: the first byte, the variable-length remaining length, the body."""
     n, rl = len(body), b""
     while True:
         b, n = n & 0x7F, n >> 7
@@ -101,7 +102,7 @@ def mqtt_records(n: int) -> Iterator[Record]:
     for c in range(clients):
         src = 0x0A010000 + c
         body = _mqtt_str(b"MQTT") + b"\x04\x02\x00\x3c" + _mqtt_str(b"client-%d" % c)
-        pkt = _mqtt(0x10, body)
+        pkt = mqtt_packet(0x10, body)
         seqs[c] = 1000 + len(pkt)
         frame_no += 1
         ts += STEP_NS
@@ -109,7 +110,7 @@ def mqtt_records(n: int) -> Iterator[Record]:
     for j in range(per):
         for c in range(clients):
             src = 0x0A010000 + c
-            pkt = _mqtt(0x30, _mqtt_str(b"plant/line%d/cell%d/tag%d" % (c, j % 97, j)) + b"1")
+            pkt = mqtt_packet(0x30, _mqtt_str(b"plant/line%d/cell%d/tag%d" % (c, j % 97, j)) + b"1")
             frame_no += 1
             ts += STEP_NS
             yield Record(None, frame_no, -1, ts, 1, frame(src, server, 40000, 1883, seqs[c], 0x18, pkt), 0)

@@ -30,6 +30,7 @@ from sensor.messages import Anomaly, FlowInfo, Message, PacketRef
 from sensor.protocols import registry
 from sensor.protocols.mqtt.decoder import OVERSIZE_HEAD
 from sensor.protocols.s7comm.decoder import MAX_COTP_DATA
+from tests.hardening_scenarios import mqtt_packet
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = PacketRef("hardening", 1, 0)
@@ -88,16 +89,7 @@ def _traced_peak(segments: Iterator[Segment], table: FlowTable) -> int:
     return peak - base
 
 
-def _mqtt(first: int, body: bytes) -> bytes:
-    n, rl = len(body), b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        rl += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return bytes([first]) + rl + body
-
-
-CONNECT = _mqtt(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc")
+CONNECT = mqtt_packet(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc")
 
 
 def test_mqtt_publish_claiming_268_mb_is_skipped_not_buffered() -> None:
