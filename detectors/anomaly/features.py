@@ -261,7 +261,42 @@ class WindowTracker:
             self._add_generic(w, m, pair)
 
     # The per-protocol paths below inline size_of, is_request, action_of, access_of, address_of and signature for
-    # one protocol each (the hot path); _add_generic is the reference they must agree with.
+    # one protocol each (the hot path); _add_generic is the reference they must agree with. What a request or a
+    # response does to the window is the same for every protocol: _request and _response.
+    @staticmethod
+    def _request(w: Window, ts: int, act: Any, addr: Any, access: str, sig: Any) -> bool:
+        """A request's share of the window: its function, address and gap since the previous request, and
+        (reads and writes only: polls, not acks and pings) its signature. False for ``access`` "other"."""
+        w.requests += 1
+        w.functions.add(act)
+        if addr is not None:
+            w.addresses.add(addr)
+        last = w.last_req_ts
+        if last:
+            g = (ts - last) / 1e9
+            w.gaps += 1
+            w.gap_sum += g
+            w.gap_sq += g * g
+        w.last_req_ts = ts
+        if access == "write":
+            w.writes += 1
+        elif access == "other":
+            w.diagnostics += 1
+            return False
+        lst = w.signatures.get(sig)
+        if lst is None:
+            if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
+                w.signatures[sig] = [ts]
+        else:
+            lst.append(ts)
+        return True
+
+    @staticmethod
+    def _response(w: Window, f: dict[str, Any]) -> None:
+        w.responses += 1
+        if f.get("is_exception") or f.get("is_error") or f.get("error_class"):  # is_error
+            w.errors += 1
+
     def _add_modbus(self, w: Window, m: Message, pair: Pair) -> None:
         f = m.fields
         w.messages += 1
@@ -269,41 +304,17 @@ class WindowTracker:
         if isinstance(n, int):
             w.bytes += n
         if f.get("is_request"):
-            w.requests += 1
             act = f.get("function_code")
-            w.functions.add(act)
             a = f.get("access")
-            ts = m.ts
             addr = f.get("reference_number")
-            if addr is not None:
-                w.addresses.add(addr)
-            last = w.last_req_ts
-            if last:
-                g = (ts - last) / 1e9
-                w.gaps += 1
-                w.gap_sum += g
-                w.gap_sq += g * g
-            w.last_req_ts = ts
-            if a == "write" or a == "read_write":
-                w.writes += 1
-            elif a != "read":
-                w.diagnostics += 1
-                return
+            access = "write" if a == "write" or a == "read_write" else "read" if a == "read" else "other"
             sig = (f.get("unit_id"), act, addr, f.get("quantity"))
-            lst = w.signatures.get(sig)
-            if lst is None:
-                if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
-                    w.signatures[sig] = [ts]
-            else:
-                lst.append(ts)
-            if a != "read":
+            if self._request(w, m.ts, act, addr, access, sig) and access == "write":
                 vals = f.get("values")
                 if vals and addr is not None and f.get("table") == "holding_registers":
                     self._written(w, pair, f.get("unit_id"), addr, vals[:16])
         else:
-            w.responses += 1
-            if f.get("is_exception") or f.get("is_error") or f.get("error_class"):
-                w.errors += 1
+            self._response(w, f)
             if f.get("access") == "read":
                 vals = f.get("values")
                 ref = f.get("request_reference_number")
@@ -356,120 +367,50 @@ class WindowTracker:
         n = f.get("len")
         if isinstance(n, int):
             w.bytes += n
-        t = f.get("msgtype")
         if m.from_client:
-            w.requests += 1
-            w.functions.add(t)
-            ts = m.ts
+            t = f.get("msgtype")
             addr = f.get("topic")
-            if addr is not None:
-                w.addresses.add(addr)
-            last = w.last_req_ts
-            if last:
-                g = (ts - last) / 1e9
-                w.gaps += 1
-                w.gap_sum += g
-                w.gap_sq += g * g
-            w.last_req_ts = ts
-            if t == MQTT_PUBLISH:
-                w.writes += 1
-            elif t != MQTT_SUBSCRIBE:
-                w.diagnostics += 1
-                return
-            sig = (t, addr)
-            lst = w.signatures.get(sig)
-            if lst is None:
-                if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
-                    w.signatures[sig] = [ts]
-            else:
-                lst.append(ts)
+            access = "write" if t == MQTT_PUBLISH else "read" if t == MQTT_SUBSCRIBE else "other"
+            self._request(w, m.ts, t, addr, access, (t, addr))
         else:
-            w.responses += 1
-            if f.get("is_exception") or f.get("is_error") or f.get("error_class"):
-                w.errors += 1
+            self._response(w, f)
 
     def _add_s7(self, w: Window, m: Message) -> None:
         f = m.fields
         w.messages += 1
         w.bytes += (f.get("parameter_length") or 0) + (f.get("data_length") or 0)
         if f.get("is_request"):
-            w.requests += 1
             act = f.get("function")
             if act is None:
                 act = action_of(m)
-            w.functions.add(act)
             a = f.get("access")
-            ts = m.ts
             area = f.get("area")
             if isinstance(area, list):
                 n = len(area)
                 addr: Any = tuple(zip(area, f.get("db_number") or [0] * n, f.get("address") or [0] * n, strict=False))
-                w.addresses.add(addr)
             else:
                 addr = None
-            last = w.last_req_ts
-            if last:
-                g = (ts - last) / 1e9
-                w.gaps += 1
-                w.gap_sum += g
-                w.gap_sq += g * g
-            w.last_req_ts = ts
-            if a in S7_WRITE_ACCESS:
-                w.writes += 1
-            elif a != "read":
-                w.diagnostics += 1
-                return
-            sig = (act, addr)
-            lst = w.signatures.get(sig)
-            if lst is None:
-                if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
-                    w.signatures[sig] = [ts]
-            else:
-                lst.append(ts)
+            access = "write" if a in S7_WRITE_ACCESS else "read" if a == "read" else "other"
+            self._request(w, m.ts, act, addr, access, (act, addr))
         else:
-            w.responses += 1
-            if f.get("is_exception") or f.get("is_error") or f.get("error_class"):
-                w.errors += 1
+            self._response(w, f)
 
     def _add_generic(self, w: Window, m: Message, pair: Pair) -> None:
         f = m.fields
         w.messages += 1
         w.bytes += size_of(m)
         if is_request(m):
-            w.requests += 1
             act = action_of(m)
-            w.functions.add(act)
             acc = access_of(m)
-            if acc == "write":
-                w.writes += 1
-            elif acc == "other":
-                w.diagnostics += 1
             addr = address_of(m)
-            if addr is not None:
-                w.addresses.add(addr)
-            if w.last_req_ts:
-                g = (m.ts - w.last_req_ts) / 1e9
-                w.gaps += 1
-                w.gap_sum += g
-                w.gap_sq += g * g
-            w.last_req_ts = m.ts
-            if acc != "other":  # polls are reads and writes (MQTT publishes), not acks and pings
-                sig = signature(m, act, addr)
-                lst = w.signatures.get(sig)
-                if lst is None:
-                    if len(w.signatures) < MAX_SIGNATURES_PER_WINDOW:
-                        w.signatures[sig] = [m.ts]
-                else:
-                    lst.append(m.ts)
-            if m.protocol == "modbus" and acc == "write":
+            sig = signature(m, act, addr) if acc != "other" else None
+            if self._request(w, m.ts, act, addr, acc, sig) and m.protocol == "modbus" and acc == "write":
                 vals = f.get("values")
                 ref = f.get("reference_number")
                 if vals and ref is not None and f.get("table") == "holding_registers":
                     self._written(w, pair, f.get("unit_id"), ref, vals[:16])
         else:
-            w.responses += 1
-            if is_error(m):
-                w.errors += 1
+            self._response(w, f)
             if m.protocol == "modbus" and f.get("access") == "read":
                 vals = f.get("values")
                 ref = f.get("request_reference_number")
