@@ -336,22 +336,12 @@ class S7commDecoder:
         if rosctr == _ROSCTR_JOB:
             f["is_request"] = True
             problem = self._job(param, data, f, limit)
-            key = (_ROSCTR_JOB, pduref)
-            pending = state.pending
-            state.requests += 1
-            if key in pending or len(pending) >= self.max_outstanding:
-                self._crowded(state, key, ts, f, packet, out)
-            pending[key] = (ts, f)
+            self._expect(state, (_ROSCTR_JOB, pduref), ts, f, packet, out)
         elif rosctr == _ROSCTR_USERDATA:
             problem, typ = self._userdata(state, from_client, param, data, f, limit)
             f["is_request"] = typ == _UD_TYPE_REQ
             if typ == _UD_TYPE_REQ:
-                key = (_ROSCTR_USERDATA, pduref)
-                pending = state.pending
-                state.requests += 1
-                if key in pending or len(pending) >= self.max_outstanding:
-                    self._crowded(state, key, ts, f, packet, out)
-                pending[key] = (ts, f)
+                self._expect(state, (_ROSCTR_USERDATA, pduref), ts, f, packet, out)
             elif typ == _UD_TYPE_RES:
                 self._answer(state, (_ROSCTR_USERDATA, pduref), ts, f, msg, packet, out)
         else:
@@ -364,6 +354,17 @@ class S7commDecoder:
                                packet, _extra(f)))  # fmt: skip
         if problem is not None:
             out.append(Anomaly(ts, "s7comm", flow, from_client, problem[0], problem[1], packet, _extra(f)))
+
+    def _expect(
+        self, state: S7State, key: tuple[int, int], ts: int, f: dict[str, Any], packet: PacketRef,
+        out: list[Message | Anomaly],
+    ) -> None:  # fmt: skip
+        """A request, to be paired with the answer that carries the same PDU reference."""
+        pending = state.pending
+        state.requests += 1
+        if key in pending or len(pending) >= self.max_outstanding:
+            self._crowded(state, key, ts, f, packet, out)
+        pending[key] = (ts, f)
 
     def _job(self, param: bytes, data: bytes, f: dict[str, Any], limit: int) -> W.Problem:
         if not param:
