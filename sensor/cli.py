@@ -167,11 +167,11 @@ def replay(
         if not quiet:
             click.echo(f"nothing to do: {checkpoint_path} says this replay is complete", err=True)
         return
-    resume = ckpt is not None and ckpt.records > 0
+    base = ckpt.records if ckpt is not None else 0  # records a resumed replay passes over
     outputs = Outputs()
     for kind, path in paths.items():
         if path:
-            getattr(outputs, kind).append(NdjsonSink(path, ckpt.outputs[path] if resume and ckpt else None))
+            getattr(outputs, kind).append(NdjsonSink(path, ckpt.outputs[path] if ckpt is not None and base else None))
     try:
         es_sink = attach_es(outputs, config, es_urls)
     except ConfigError as e:
@@ -189,22 +189,23 @@ def replay(
         html_report.rule_pack = rule_pack_summary(detectors)
     detectors = [*detectors, *model_detectors(config, model_path, model_learn)]  # issue 6: learned baseline + model
     workers = default_workers(files) if workers is None else workers or os.cpu_count() or 1
-    base = ckpt.records if ckpt is not None else 0  # records a resumed replay passes over
     ndjson = [s for s in outputs.all() if isinstance(s, NdjsonSink)]
+
+    def checkpoint(done: int, flush: Callable[[], None]) -> None:
+        """Every document of the first ``done`` records is with the sinks: flush them and record it, when due."""
+        if ckpt is not None and done > base and ckpt.due():
+            flush()
+            ckpt.save(done, {s.path: s.position() for s in ndjson})
+
     if workers > 1:  # issue 10: sharded over processes (sensor/parallel.py), documents identical to one process
         from sensor.parallel import ParallelError, replay_parallel
 
         detectors = [*detectors, *asset_feeds(config, outputs.assets, observer_from(config))]  # the parent tracks hosts
 
-        def pmark(done: int, flush: Callable[[], None]) -> None:
-            if ckpt is not None and done > base and ckpt.due():
-                flush()
-                ckpt.save(done, {s.path: s.position() for s in ndjson})
-
         try:
             stats = replay_parallel(
                 config, files, outputs, detectors, observer_from(config), workers, report,
-                progress=lambda: _progress(files), start=base, mark=pmark if ckpt is not None else None,
+                progress=lambda: _progress(files), start=base, mark=checkpoint if ckpt is not None else None,
             )  # fmt: skip
         except (CaptureError, ParallelError, CheckpointError) as e:
             fail(str(e))
@@ -217,14 +218,7 @@ def replay(
     records: Iterable[Record] = read_captures(files, report)
     if base:  # resumed: read past what the checkpoint says was done
         records = itertools.islice(records, base, None)
-    mark = None
-    if ckpt is not None:
-
-        def mark(packets: int) -> None:
-            if ckpt.due():
-                pipe.flush_outputs()
-                ckpt.save(base + packets, {s.path: s.position() for s in ndjson})
-
+    mark = (lambda packets: checkpoint(base + packets, pipe.flush_outputs)) if ckpt is not None else None
     try:
         pipe.open()
         pipe.run(records, progress=update, mark=mark)

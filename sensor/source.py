@@ -29,9 +29,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD = 16 * 1024 * 1024  # larger than any real snap length: a bigger record length is corruption
 CHUNK = 1 << 20
 
-# A reader's record filter: skip(buffer, data offset, captured length, timestamp ns, linktype, record offset in the
-# file) -> True to drop the record without building it (it is still counted in the SourceReport). Parallel replay shards with it, so a
-# worker pays a few struct reads, not a Record, for each packet of another worker's flows.
+# A reader's record filter: skip(buffer, data offset, captured length, timestamp ns, linktype, record offset in
+# the file) -> True to drop the record without building it (it is still counted in the SourceReport). Parallel
+# replay shards with it, so a worker pays a few struct reads, not a Record, for each packet of another worker's.
 Skip = Callable[[bytes, int, int, int, int, int], bool]
 
 
