@@ -213,6 +213,8 @@ def test_identity_carried_and_password_never_kept() -> None:
     assert "hunter2" not in repr(r.out)
     c = r.messages[0]
     assert c["username_present"] is True and c["password_present"] is True and "password" not in c
+    # Request-to-answer latency from the capture timestamps Run gives its packets (1 ms apart), not a wall clock:
+    # which messages are paired with their request, and with which one.
     durations = [m.duration_ns for m in r.out if isinstance(m, Message)]
     assert durations == [None, 1_000_000, None, 1_000_000, 1_000_000, 1_000_000]
 
