@@ -22,6 +22,7 @@ from sensor.cli_model import train as train_command
 from sensor.cli_report import report as report_command
 from sensor.cli_rules import rule_detectors, rules_group
 from sensor.config import Config, ConfigError, load_config
+from sensor.heap import retain_freed_buffers
 from sensor.outputs.ecs import Observer
 from sensor.outputs.ndjson import NdjsonSink
 from sensor.pipeline import Outputs, Pipeline
@@ -156,6 +157,7 @@ def replay(
     checkpoint_path: str | None = None, checkpoint_every: float = 30.0,
 ) -> None:  # fmt: skip
     """Replay pcap/pcapng captures (files, gzip'd files or directories) through the sensor."""
+    retain_freed_buffers()  # sensor/heap.py: big temporary buffers reused, not a page fault per 4 KB each time
     try:
         config = load_config(config_path)
         files = expand_paths(list(captures))

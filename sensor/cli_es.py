@@ -49,6 +49,8 @@ def es_settings(config: Config, urls: tuple[str, ...] = (), namespace: str | Non
 
 def attach_es(outputs: Outputs, config: Config, urls: tuple[str, ...]) -> ElasticsearchSink | None:
     """Add the Elasticsearch sink to the kinds configured (default all three) when hosts are given; else None."""
+    if not urls and not config.raw["outputs"]["elasticsearch"].get("hosts"):
+        return None  # not configured: the client (a fifth of a second to import) is not loaded at all
     s = es_settings(config, urls)
     if not s.hosts:
         return None

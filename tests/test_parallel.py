@@ -39,12 +39,14 @@ def _need(*paths: Path) -> None:
             pytest.skip(f"{p} is missing")
 
 
-def replay(files: list[str], workers: int, out: Path, rules: bool = True) -> tuple[bytes, bytes, dict[str, Any]]:
+def replay(
+    files: list[str], workers: int, out: Path, rules: bool = True, config_path: Path | None = None
+) -> tuple[bytes, bytes, dict[str, Any]]:
     """Events, alerts and stats (without timings) of a replay with ``workers`` processes, as the CLI wires it."""
     out.mkdir(parents=True, exist_ok=True)
     ev, al, st = out / f"events-{workers}.ndjson", out / f"alerts-{workers}.ndjson", out / f"stats-{workers}.ndjson"
     outputs = Outputs(events=[NdjsonSink(str(ev))], alerts=[NdjsonSink(str(al))], stats=[NdjsonSink(str(st))])
-    config = load_config(None)
+    config = load_config(str(config_path) if config_path else None)
     detectors = rule_detectors(config) if rules else []
     report = SourceReport()
     if workers == 1:
@@ -62,11 +64,13 @@ def replay(files: list[str], workers: int, out: Path, rules: bool = True) -> tup
     return ev.read_bytes(), al.read_bytes(), {"returned": stats, "document": doc}
 
 
-def _same_as_one_process(files: list[str], tmp_path: Path, rules: bool = True, min_events: int = 100) -> dict[str, Any]:
-    ev1, al1, st1 = replay(files, 1, tmp_path, rules)
+def _same_as_one_process(
+    files: list[str], tmp_path: Path, rules: bool = True, min_events: int = 100, config_path: Path | None = None
+) -> dict[str, Any]:
+    ev1, al1, st1 = replay(files, 1, tmp_path, rules, config_path)
     assert ev1.count(b"\n") > min_events
     for n in (2, 4):
-        ev, al, st = replay(files, n, tmp_path, rules)
+        ev, al, st = replay(files, n, tmp_path, rules, config_path)
         assert ev == ev1, f"events differ with {n} workers"
         assert al == al1, f"alerts differ with {n} workers"
         assert st == st1, f"stats differ with {n} workers"
@@ -241,6 +245,85 @@ def test_cli_workers_option(tmp_path: Path) -> None:
 def test_crafted_sweeps_fragments_vlan_ipv6_identical(tmp_path: Path) -> None:
     """Many flows whose idle sweep and end-of-capture close emit in several workers at the same record, with
     IPv6, 802.1Q and fragmented IPv4 (sharded after reassembly): the merge must interleave them as one process."""
+    stats = _same_as_one_process([str(_crafted_capture(tmp_path))], tmp_path / "out")
+    assert stats["tcp"]["evicted_idle"] >= 28  # two silences swept every flow of their burst
+    assert stats["frames"]["reassembled"] > 0
+    assert stats["tcp"]["gaps"] >= 10  # held segments flushed by the sweeps and the final close, in all workers
+
+
+@pytest.mark.parametrize("chunk", [512, 4096])
+def test_batch_filter_across_small_buffers_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """The pcap reader's batch filter decides a buffer at a time, simulating the worker's sweeps and ticks across
+    it. With buffers of a few records, sweeps, ticks (rules on), records off the fast path and the capture's end
+    fall at every position in a buffer and across buffers: still one process's output."""
+    import sensor.source
+
+    cap = _crafted_capture(tmp_path)
+    monkeypatch.setattr(sensor.source, "CHUNK", chunk)  # the forked workers read with it too
+    # In one process: worker 0 of 2 sees fewer records with the batch filter, and ends as with the per-record one.
+    ends = []
+    for batch in (True, False):
+        rep = SourceReport()
+        st = SkipState(str(cap), rep)
+        skip = make_skip(0, 2, st)
+        q = ShardPipeline(load_config(None), None, 0, 2, None, True, None, True)
+        q.open()
+        lines: list[bytes] = []
+        keys: list[tuple[int, int]] = []
+
+        def send(watermark: int, kind: int = 0, q: ShardPipeline = q, lines: list = lines, keys: list = keys) -> None:
+            n = len(q.sink.lines)  # the documents and their merge keys; watermarks differ with what is seen
+            lines.extend(q.sink.lines)
+            keys.extend(zip(q.keys_hi[:n], q.keys_c[:n], strict=True))
+            q.sink.lines.clear()
+            del q.keys_hi[:n], q.keys_c[:n]
+
+        q.send = send  # type: ignore[method-assign]
+        seen: list[int] = []
+        records = read_captures([str(cap)], rep, skip if batch else lambda *a, f=skip: f(*a))
+        q.run_shard((seen.append(r.frame) or r for r in records), st)
+        q.finish()
+        assert 0 < len(seen) < rep.records  # the other worker's packets were dropped in the reader
+        ends.append((lines, keys, q.counters.packets, q.counters.last_ts, q.flows.stats.flows))
+    assert len(ends[0][0]) > 100 and ends[0] == ends[1]
+    stats = _same_as_one_process([str(cap)], tmp_path / "out")
+    assert stats["tcp"]["evicted_idle"] >= 28 and stats["frames"]["reassembled"] > 0
+    demo = ROOT / "pcaps" / "modbus_demo.pcap"
+    _need(demo)
+    _same_as_one_process([str(demo)], tmp_path / "demo")
+
+
+@pytest.mark.parametrize("rules", [True, False])
+def test_sweeps_amid_steady_traffic_identical(tmp_path: Path, rules: bool) -> None:
+    """Idle sweeps (every 5 s of capture time) that fall on a packet in the middle of steady traffic and evict
+    flows there (idle timeout 2 s, each flow leaving a request unanswered): every worker must sweep at that very
+    packet, whichever worker's flow it belongs to, with and without the detector ticks of the rules."""
+    from tests.craft import NS, T0, Conv, eth, read_holding, read_holding_resp, write_pcap
+
+    frames: list[tuple[int, bytes]] = []
+    t = T0
+    for i in range(300):  # a new short flow every ~0.1 s for ~30 s
+        c = Conv(cip=f"10.2.{i // 200}.{i % 200 + 1}", sip=f"10.2.9.{i % 3 + 1}", cport=40000 + i)
+        for p in c.handshake():
+            frames.append((t, eth(p)))
+            t += NS // 1000
+        for k in range(3):
+            frames.append((t, eth(c.pkt(True, read_holding(k, 100 + i % 7, 2)))))
+            t += NS // 50
+            if k < 2:
+                frames.append((t, eth(c.pkt(False, read_holding_resp(k, [i, k])))))
+                t += NS // 50
+    cap = write_pcap(tmp_path / "steady.pcap", 1, frames)
+    config = tmp_path / "sensor.yml"
+    config.write_text("flows:\n  idle_timeout: 2\n")
+    stats = _same_as_one_process([str(cap)], tmp_path / "out", rules=rules, config_path=config)
+    assert stats["tcp"]["evicted_idle"] > 200  # flows evicted by the sweeps amid the traffic, not at the end
+
+
+def _crafted_capture(tmp_path: Path) -> Path:
+    """Bursts of Modbus flows over IPv4, IPv6, 802.1Q and IPv4 fragments, each burst followed by an idle silence."""
     from scapy.layers.inet import fragment
     from scapy.layers.l2 import Dot1Q, Ether
 
@@ -276,11 +359,7 @@ def test_crafted_sweeps_fragments_vlan_ipv6_identical(tmp_path: Path) -> None:
             frames.append((t, eth(c.pkt(True, read_holding(99, 7, 1), seq=c.nxt[0] + 12, advance=False))))
             t += NS // 100
         t += 400 * NS
-    cap = write_pcap(tmp_path / "crafted.pcap", 1, frames)
-    stats = _same_as_one_process([str(cap)], tmp_path / "out")
-    assert stats["tcp"]["evicted_idle"] >= 28  # two silences swept every flow of their burst
-    assert stats["frames"]["reassembled"] > 0
-    assert stats["tcp"]["gaps"] >= 10  # held segments flushed by the sweeps and the final close, in all workers
+    return write_pcap(tmp_path / "crafted.pcap", 1, frames)
 
 
 def test_worker_crash_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
