@@ -689,7 +689,7 @@ class _Parent:
         self.detectors = detectors
         self.mapper = mapper
         self.json_events = all(getattr(s, "accepts_json", False) for s in outputs.events)
-        # NdjsonSink writes bytes as they are: it gets one chunk of many lines, joined from views (one copy).
+        # NdjsonSink writes the lines from the views with writev (no copy in the parent).
         self.chunks = all(type(s) is NdjsonSink for s in outputs.events)
         self.alert_docs: list[Document] = []
         self.alerts = 0
@@ -698,10 +698,12 @@ class _Parent:
     def events(self, lines: Sequence[Any]) -> None:
         if not lines:
             return
-        if self.chunks:
-            batch: list[Any] = [b"".join(lines)]
-        elif self.json_events:
-            batch = [bytes(x) for x in lines]  # views of a worker's ring: copied before it is reused
+        if self.chunks:  # NdjsonSink: written from the views, no joined copy
+            for s in self.outputs.events:
+                s.write_views(lines)
+            return
+        if self.json_events:
+            batch: list[Any] = [bytes(x) for x in lines]  # views of a worker's ring: copied before it is reused
         else:
             batch = [orjson.loads(x) for x in lines]
         for s in self.outputs.events:
