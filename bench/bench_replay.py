@@ -118,7 +118,10 @@ def bench(
 ) -> list[tuple[str, float, int, float]]:
     cap = capture or ensure_capture(protocol, packets)
     site = [] if capture else ["--config", str(BENCH_CONFIG)]  # the generated cells' site lists
-    sensor = shutil.which("ics-sensor") or "ics-sensor"
+    # The console script pip installed beside this interpreter; a version manager's shim in front of it (pyenv's
+    # costs 0.1 s a run) is not the sensor.
+    beside = Path(sys.executable).parent / "ics-sensor"
+    sensor = str(beside) if beside.exists() else shutil.which("ics-sensor") or "ics-sensor"
     base = [sensor, "replay", str(cap), "-q", *extra]
     runs = [
         ("sensor, events to /dev/null", [*base, "--no-builtin-rules", "--events", "/dev/null"]),

@@ -55,13 +55,14 @@ import pickle
 import struct
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait
 from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
 import orjson
+from numpy.lib.stride_tricks import sliding_window_view
 
 from sensor.config import Config
 from sensor.frames import Segment
@@ -159,7 +160,7 @@ class SkipState:
     point at it).
     """
 
-    __slots__ = ("left", "max_ts", "mine_at", "offset", "owner", "path", "report", "thr", "ts")
+    __slots__ = ("left", "max_dropped", "max_ts", "mine", "mine_at", "offset", "owner", "path", "report", "thr", "ts")
 
     def __init__(self, path: str, report: SourceReport) -> None:
         self.path, self.report = path, report
@@ -170,6 +171,8 @@ class SkipState:
         self.offset = -1
         self.mine_at = -1  # file offset of the last record the filter found to be this worker's (fast path)
         self.owner: ShardPipeline | None = None  # the worker, whose clock the batch filter reads (run_shard)
+        self.mine: set[int] = set()  # batch filter: offsets of this worker's fast-path records in the buffer
+        self.max_dropped = 0  # batch filter: the latest time it dropped, for the worker's clock at the end
 
 
 def make_skip(me: int, n: int, st: SkipState) -> Skip:
@@ -199,13 +202,13 @@ def make_skip(me: int, n: int, st: SkipState) -> Skip:
     return skip
 
 
-_HEAD_COLS = np.arange(16)
-_FRAME_COLS = np.arange(12, 48)  # Ethernet type .. TCP data offset, from the frame's first byte
+_ROW = 64  # bytes read per record: the 16-byte record header, then the frame up to the TCP data offset (byte 46)
+_PAD = bytes(_ROW)
 
 
 def _select(
     buf: bytes, base: int, offs: list[int], linktype: int, order: str, mult: int, me: int, n: int, st: SkipState
-) -> Iterator[int]:
+) -> Iterable[int]:
     """``make_skip`` for a whole buffer of pcap records, vectorised: which records worker ``me`` must see.
 
     The same decisions as the per-record filter, with the clock rules simulated across the buffer: a record is
@@ -214,39 +217,41 @@ def _select(
     worker's watermark keeps moving). After a passed record the sweep and tick times are advanced as the worker
     will advance them; after a passed record off the fast path (a segment or not: unknown here) they are not,
     and every later record of the buffer past the old time is passed on: never fewer records than needed.
+
+    The dropped records' time is not handed over record by record: it only matters to a sweep decision, and a
+    record that sweeps is later than every record dropped before it (the clock is never ahead of the sweep time),
+    so the worker's clock takes the latest dropped time at the end (``max_dropped``). ``st.mine``: the offsets of
+    this worker's own fast-path records in the buffer, which run_shard need not hash again.
     """
     count = len(offs)
     owner = st.owner
     if linktype != 1 or count == 0 or owner is None:
-        yield from range(count)
-        return
+        st.mine = set()
+        return range(count)
     at = np.array(offs, np.int64)
-    raw = np.frombuffer(buf, np.uint8)
-    head = raw[at[:, None] + _HEAD_COLS].view(np.dtype(order + "u4")).astype(np.int64)
+    rows = sliding_window_view(np.frombuffer(buf + _PAD, np.uint8), _ROW)[at]  # (count, 64) bytes, one copy
+    head = rows[:, :16].view(np.dtype(order + "u4")).astype(np.int64)
     ts = head[:, 0] * 1_000_000_000 + head[:, 1] * mult
     caplen = head[:, 2]
-    f = raw[np.minimum(at[:, None] + (16 + _FRAME_COLS), len(raw) - 1)].astype(np.int64)
-    total = (f[:, 4] << 8) | f[:, 5]
-    doff = f[:, 34]
+    be16, be32 = np.dtype(">u2"), np.dtype(">u4")
+    total = rows[:, 32:34].view(be16)[:, 0].astype(np.int64)
+    doff = rows[:, 62].astype(np.int64)
     fast = (
-        (caplen >= 54) & (((f[:, 0] << 8) | f[:, 1]) == 0x0800) & (f[:, 2] == 0x45) & (f[:, 11] == 6)
-        & ((((f[:, 8] << 8) | f[:, 9]) & 0x3FFF) == 0) & (doff >= 0x50) & (20 + (doff >> 4) * 4 <= total)
+        (caplen >= 54) & (rows[:, 28:30].view(be16)[:, 0] == 0x0800) & (rows[:, 30] == 0x45) & (rows[:, 39] == 6)
+        & ((rows[:, 36:38].view(be16)[:, 0] & 0x3FFF) == 0) & (doff >= 0x50) & (20 + (doff >> 4) * 4 <= total)
         & (total + 14 <= caplen)
     )  # fmt: skip
-    addresses = (
-        ((f[:, 14] << 24) | (f[:, 15] << 16) | (f[:, 16] << 8) | f[:, 17])
-        + ((f[:, 18] << 24) | (f[:, 19] << 16) | (f[:, 20] << 8) | f[:, 21])
-    ).astype(np.uint64)
+    addresses = rows[:, 42:46].view(be32)[:, 0].astype(np.uint64) + rows[:, 46:50].view(be32)[:, 0]
     addresses = (addresses & 0xFFFFFFFF) ^ (addresses >> 32)  # an IPv4 sum carries at most one bit
-    ports = (((f[:, 22] << 8) | f[:, 23]) + ((f[:, 24] << 8) | f[:, 25])).astype(np.uint64)
+    ports = rows[:, 50:52].view(be16)[:, 0].astype(np.uint64) + rows[:, 52:54].view(be16)[:, 0]
     mixed = (addresses * np.uint64(_MIX_A) + ports * np.uint64(_MIX_B) + np.uint64(6)) & np.uint64(0xFFFFFFFF)
-    shard = ((mixed * np.uint64(n)) >> np.uint64(32)).astype(np.int64)
+    shard = (mixed * np.uint64(n)) >> np.uint64(32)
     mine = fast & (shard == me)
     keep = ~fast | mine
     keep[-1] = True
     # The clock, as the worker will run it over this buffer (its state now: every earlier record is processed).
     flows = owner.flows
-    now, last_sweep, sweep_ns = max(flows.now, st.max_ts), flows.last_sweep, flows.sweep_ns
+    now, last_sweep, sweep_ns = max(flows.now, st.max_dropped), flows.last_sweep, flows.sweep_ns
     ticks, next_tick = owner.ticks, owner._next_tick
     pos = 0
     while pos < count:
@@ -270,16 +275,12 @@ def _select(
             if t - last_sweep > sweep_ns:
                 last_sweep = t
         pos = i + 1
-    dropped = np.where(keep, 0, ts)
-    max_before = np.maximum.accumulate(dropped)  # at a passed record: the latest dropped time before it
     gone = np.flatnonzero(~keep)
     if len(gone):
+        st.max_dropped = max(st.max_dropped, int(ts[gone].max()))
         st.ts, st.offset = int(ts[gone[-1]]), base + offs[int(gone[-1])]
-    kept = np.flatnonzero(keep)
-    for i, latest, own in zip(kept.tolist(), max_before[kept].tolist(), mine[kept].tolist(), strict=True):
-        st.max_ts = latest
-        st.mine_at = base + offs[i] if own else -1
-        yield i
+    st.mine = set((at[mine] + base).tolist())
+    return np.flatnonzero(keep).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -525,7 +526,7 @@ class ShardPipeline(Pipeline):
                     self._set_thr()
             # The fast path (Ethernet, IPv4 without options, TCP) is sharded from the raw bytes, and a Segment is
             # built only for this worker's packets; any other frame goes through FrameDecoder.
-            if st is not None and st.mine_at == rec.offset:  # the reader's filter already found it to be ours
+            if st is not None and (st.mine_at == rec.offset or rec.offset in st.mine):  # the filter found it ours
                 k = me
             else:
                 k = _fast_shard(data, 0, len(data), n) if rec.linktype == 1 else -1
@@ -547,8 +548,8 @@ class ShardPipeline(Pipeline):
                 process(seg, rec)
         last: PacketRef | None = rec
         if st is not None:
-            if st.max_ts > flows.now:
-                flows.now = st.max_ts
+            if max(st.max_ts, st.max_dropped) > flows.now:
+                flows.now = max(st.max_ts, st.max_dropped)
             packets, nbytes = st.report.records - start, st.report.bytes - before
             if st.offset >= 0 and (rec is None or rec.frame < st.report.records):  # the last record was dropped
                 last = PacketRef(st.path, st.report.records, st.offset)
