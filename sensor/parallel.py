@@ -160,7 +160,7 @@ class SkipState:
     point at it).
     """
 
-    __slots__ = ("left", "max_dropped", "max_ts", "mine", "mine_at", "offset", "owner", "path", "report", "thr", "ts")
+    __slots__ = ("left", "max_dropped", "max_ts", "mine", "offset", "owner", "path", "report", "start", "thr", "ts")
 
     def __init__(self, path: str, report: SourceReport) -> None:
         self.path, self.report = path, report
@@ -169,15 +169,19 @@ class SkipState:
         self.left = WATERMARK_EVERY
         self.ts = 0
         self.offset = -1
-        self.mine_at = -1  # file offset of the last record the filter found to be this worker's (fast path)
-        self.owner: ShardPipeline | None = None  # the worker, whose clock the batch filter reads (run_shard)
-        self.mine: set[int] = set()  # batch filter: offsets of this worker's fast-path records in the buffer
+        self.owner: ShardPipeline | None = None  # the worker, whose clock the filter reads and moves (run_shard)
+        self.start = 0  # records a resumed replay passes over (run_shard): never dropped, so they are counted
+        # Offsets of records the filter found to be this worker's (fast path): run_shard need not hash them again.
+        # One set, updated in place: the batch filter's for its buffer, the per-record filter's last record.
+        self.mine: set[int] = set()
         self.max_dropped = 0  # batch filter: the latest time it dropped, for the worker's clock at the end
 
 
 def make_skip(me: int, n: int, st: SkipState) -> Skip:
     """The reader's filter for worker ``me`` of ``n``: drops fast-path packets of the other workers' flows
     (``_fast_shard``), unless their time matters (``st.thr``, ``st.left``)."""
+
+    mine = st.mine
 
     def skip(buf: bytes, at: int, caplen: int, ts: int, linktype: int, offset: int) -> bool:
         if linktype != 1 or ts > st.thr:
@@ -186,18 +190,22 @@ def make_skip(me: int, n: int, st: SkipState) -> Skip:
         if k < 0:
             return False
         if k == me:
-            st.mine_at = offset  # run_shard need not test and hash it again
+            mine.clear()
+            mine.add(offset)
             return False
         st.left -= 1
         if st.left < 0:
             return False
         if ts > st.max_ts:
             st.max_ts = ts
+            flows = st.owner.flows if st.owner is not None else None
+            if flows is not None and ts > flows.now:  # what one process's clock does at this record
+                flows.now = ts
         st.ts, st.offset = ts, offset
         return True
 
-    skip.batch = lambda buf, base, offs, linktype, order, mult: _select(  # type: ignore[attr-defined]
-        buf, base, offs, linktype, order, mult, me, n, st
+    skip.batch = lambda buf, base, first, offs, linktype, order, mult: _select(  # type: ignore[attr-defined]
+        buf, base, first, offs, linktype, order, mult, me, n, st
     )
     return skip
 
@@ -207,7 +215,8 @@ _PAD = bytes(_ROW)
 
 
 def _select(
-    buf: bytes, base: int, offs: list[int], linktype: int, order: str, mult: int, me: int, n: int, st: SkipState
+    buf: bytes, base: int, first: int, offs: list[int], linktype: int, order: str, mult: int, me: int, n: int,
+    st: SkipState,
 ) -> Iterable[int]:
     """``make_skip`` for a whole buffer of pcap records, vectorised: which records worker ``me`` must see.
 
@@ -225,9 +234,9 @@ def _select(
     """
     count = len(offs)
     owner = st.owner
-    if linktype != 1 or count == 0 or owner is None:
-        st.mine = set()
-        return range(count)
+    if linktype != 1 or count == 0 or owner is None or first + count <= st.start:
+        st.mine.clear()
+        return range(count)  # a resumed replay passes over the records before its start: all of them, as read
     at = np.array(offs, np.int64)
     rows = sliding_window_view(np.frombuffer(buf + _PAD, np.uint8), _ROW)[at]  # (count, 64) bytes, one copy
     head = rows[:, :16].view(np.dtype(order + "u4")).astype(np.int64)
@@ -249,6 +258,8 @@ def _select(
     mine = fast & (shard == me)
     keep = ~fast | mine
     keep[-1] = True
+    if first < st.start:
+        keep[: st.start - first] = True
     # The clock, as the worker will run it over this buffer (its state now: every earlier record is processed).
     flows = owner.flows
     now, last_sweep, sweep_ns = max(flows.now, st.max_dropped), flows.last_sweep, flows.sweep_ns
@@ -279,7 +290,8 @@ def _select(
     if len(gone):
         st.max_dropped = max(st.max_dropped, int(ts[gone].max()))
         st.ts, st.offset = int(ts[gone[-1]]), base + offs[int(gone[-1])]
-    st.mine = set((at[mine] + base).tolist())
+    st.mine.clear()
+    st.mine.update((at[mine] + base).tolist())
     return np.flatnonzero(keep).tolist()
 
 
@@ -478,8 +490,9 @@ class ShardPipeline(Pipeline):
         ``start``: records already done (a resumed replay): without ``st`` the caller left them out of
         ``records``; with it they are passed over here, before they touch any state."""
         self.skip_state = st
+        mine: set[int] = set()
         if st is not None:
-            st.owner = self
+            st.owner, st.start, mine = self, start, st.mine
         decode = self.frames.decode
         flows = self.flows
         process = flows.process
@@ -499,12 +512,10 @@ class ShardPipeline(Pipeline):
                 nbytes += len(rec.data)
             else:
                 r = rec.frame
-                if r <= start:  # nothing is dropped before the first record is passed on (st.thr is -1)
+                if r <= start:  # the filter drops nothing before start (st.thr is -1, st.start)
                     before += len(rec.data)
                     rec = None
                     continue
-                if st.max_ts > flows.now:  # the dropped records before this one advanced capture time
-                    flows.now = st.max_ts
             packets = r - start
             if r >= next_wm:
                 next_wm = r + WATERMARK_EVERY
@@ -526,7 +537,7 @@ class ShardPipeline(Pipeline):
                     self._set_thr()
             # The fast path (Ethernet, IPv4 without options, TCP) is sharded from the raw bytes, and a Segment is
             # built only for this worker's packets; any other frame goes through FrameDecoder.
-            if st is not None and (st.mine_at == rec.offset or rec.offset in st.mine):  # the filter found it ours
+            if rec.offset in mine:  # the reader's filter found it to be ours
                 k = me
             else:
                 k = _fast_shard(data, 0, len(data), n) if rec.linktype == 1 else -1

@@ -36,10 +36,11 @@ _CAPLEN_COLS = np.arange(8, 12)
 # the file) -> True to drop the record without building it (it is still counted in the SourceReport). Parallel
 # replay shards with it, so a worker pays a few struct reads, not a Record, for each packet of another worker's.
 Skip = Callable[[bytes, int, int, int, int, int], bool]
-# A filter may also carry ``batch``, which the pcap reader prefers: batch(buffer, buffer's file offset, offsets of
-# the whole records in the buffer, linktype, byte order, timestamp fraction to ns) -> indices (into the offsets,
-# ascending) of the records to build. One call per buffer of about a megabyte, so the test can be vectorised.
-Batch = Callable[[bytes, int, list[int], int, str, int], Iterable[int]]
+# A filter may also carry ``batch``, which the pcap reader prefers: batch(buffer, buffer's file offset, records
+# before the buffer, offsets of the whole records in the buffer, linktype, byte order, timestamp fraction to ns)
+# -> indices (into the offsets, ascending) of the records to build. One call per buffer of about a megabyte, so
+# the test can be vectorised.
+Batch = Callable[[bytes, int, int, list[int], int, str, int], Iterable[int]]
 
 
 class CaptureError(Exception):
@@ -179,7 +180,7 @@ def _read_pcap(path: str, f: BinaryIO, magic: bytes, report: SourceReport, skip:
                 nbytes = int(caplens[: len(offs)].sum())
                 pos = offs[-1] + 16 + int(caplens[len(offs) - 1]) if offs else c.pos
             frame += len(offs)
-            for i in batch(buf, base, offs, linktype, order, mult):
+            for i in batch(buf, base, first, offs, linktype, order, mult):
                 at = offs[i]
                 sec, frac, caplen, wirelen = unpack(buf, at)
                 yield Record(path, first + i + 1, base + at, sec * 1_000_000_000 + frac * mult, linktype,

@@ -288,6 +288,18 @@ def test_batch_filter_across_small_buffers_identical(
         assert 0 < len(seen) < rep.records  # the other worker's packets were dropped in the reader
         ends.append((lines, keys, q.counters.packets, q.counters.last_ts, q.flows.stats.flows))
     assert len(ends[0][0]) > 100 and ends[0] == ends[1]
+    # A resumed replay (start): the records passed over are never dropped by the filter, so each worker counts
+    # exactly the packets and bytes after start, as one process resumed there does.
+    every = list(read_captures([str(cap)], SourceReport()))
+    start = len(every) // 2
+    for me in (0, 1):
+        rep = SourceReport()
+        st = SkipState(str(cap), rep)
+        q = ShardPipeline(load_config(None), None, me, 2, None, False, None, me == 0)
+        q.open()
+        q.run_shard(read_captures([str(cap)], rep, make_skip(me, 2, st)), st, start)
+        assert q.counters.packets == len(every) - start
+        assert q.counters.bytes == sum(len(r.data) for r in every[start:])
     stats = _same_as_one_process([str(cap)], tmp_path / "out")
     assert stats["tcp"]["evicted_idle"] >= 28 and stats["frames"]["reassembled"] > 0
     demo = ROOT / "pcaps" / "modbus_demo.pcap"
