@@ -15,6 +15,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,9 @@ class RuleEngine:
         self.rules = compiled
         self._msg, self._anom, self._anom_any = self._index(compiled)
         self._pending: dict[tuple[Any, ...], _Agg] = {}
+        # (first_ts, seq, key) of every aggregate created, so a tick finds the due ones without a scan of all;
+        # an entry whose aggregate was released meanwhile (early, or the key reused) is skipped by its seq.
+        self._due: list[tuple[int, int, tuple[Any, ...]]] = []
         self._seq = 0
         self.evicted_keys = 0
         self.released_early = 0  # aggregated alerts emitted before their window because MAX_PENDING was hit
@@ -250,8 +254,14 @@ class RuleEngine:
     def on_time(self, ts: int) -> Iterable[Alert]:
         if not self._pending:
             return ()
-        w = self.window_ns
-        due = [k for k, a in self._pending.items() if ts - a.first_ts >= w]
+        heap, pending = self._due, self._pending
+        cutoff = ts - self.window_ns  # due: ts - first_ts >= window
+        due = []
+        while heap and heap[0][0] <= cutoff:
+            _first, seq, key = heappop(heap)
+            a = pending.get(key)
+            if a is not None and a.seq == seq:
+                due.append(key)
         return self._release(due) if due else ()
 
     def close(self) -> Iterable[Alert]:
@@ -375,6 +385,10 @@ class RuleEngine:
                 self.released_early += 1
                 self._early += self._release([next(iter(self._pending))])
             self._pending[key] = _Agg(c, m, first_ts, m.ts, n, extra, self._seq, firing)
+            heappush(self._due, (first_ts, self._seq, key))
+            if len(self._due) > 2 * MAX_PENDING:  # mostly released early: rebuild from what is pending
+                self._due = [(a.first_ts, a.seq, k) for k, a in self._pending.items()]
+                heapify(self._due)
         else:
             agg.count += n
             agg.last_ts = m.ts
