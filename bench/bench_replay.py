@@ -144,16 +144,15 @@ def bench(
         runs.append(("tshark -T fields", cmd))
     # Rounds over every command (so a slow spell of the machine hits all of them alike); the fastest run of each:
     # other load only ever slows a run down. Peak memory is the largest of any run.
-    best: dict[str, tuple[float, int, float]] = {}
+    results: dict[str, list[tuple[float, int, float]]] = {label: [] for label, _ in runs}
     for _ in range(max(1, repeat)):
         for label, cmd in runs:
-            secs, mb, cpu = run(cmd)
-            old = best.get(label)
-            if old is None or secs < old[0]:
-                best[label] = (secs, max(mb, old[1] if old else 0), cpu)
-            else:
-                best[label] = (old[0], max(mb, old[1]), old[2])
-    return [(label, *best[label]) for label, _ in runs]
+            results[label].append(run(cmd))
+    rows = []
+    for label, res in results.items():
+        secs, _, cpu = min(res)
+        rows.append((label, secs, max(mb for _, mb, _ in res), cpu))
+    return rows
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ How the output stays byte for byte the same as ``Pipeline.run`` in one process:
   ``hash()``).
 - Every worker advances capture time on every record that decodes to a segment, exactly as
   ``FlowTable.process`` does, so idle sweeps, ticks and the end-of-capture close happen at the same records: a
-  dropped record only moves the clock (``SkipState.max_ts``); one that would start a sweep or a tick is passed on.
+  dropped record only moves the clock (``SkipState.max_dropped``); one that would start a sweep or a tick is passed on.
 - Each emitted document gets a sort key ``(record index * 4 + phase, flow creation index)``. Phase: 0 detector
   tick, 1 idle sweep, 2 the record's own flow, 3 end of capture. One process sweeps and closes flows in creation
   order (flow table insertion order, ``flow_id`` order); a worker does the same for its flows, so the creation
@@ -154,18 +154,17 @@ class SkipState:
     """What the reader's filter (``make_skip``) and ShardPipeline.run_shard share.
 
     ``thr``: a dropped record must not be later than this (so every idle sweep and detector tick happens at the
-    record where one process would run it: such records are passed on); ``max_ts``: the latest dropped timestamp
-    (it advances the flow table's clock); ``left``: records that may still be dropped before a progress watermark
-    is due; ``ts``/``offset``: the last dropped record, which may be the capture's last (end-of-capture messages
-    point at it).
+    record where one process would run it: such records are passed on); ``max_dropped``: the latest dropped
+    timestamp (it advances the flow table's clock: at once with the per-record filter, at the end with the batch
+    filter); ``left``: records that may still be dropped before a progress watermark is due; ``ts``/``offset``:
+    the last dropped record, which may be the capture's last (end-of-capture messages point at it).
     """
 
-    __slots__ = ("left", "max_dropped", "max_ts", "mine", "offset", "owner", "path", "report", "start", "thr", "ts")
+    __slots__ = ("left", "max_dropped", "mine", "offset", "owner", "path", "report", "start", "thr", "ts")
 
     def __init__(self, path: str, report: SourceReport) -> None:
         self.path, self.report = path, report
         self.thr = -1  # the first record is always passed on
-        self.max_ts = 0
         self.left = WATERMARK_EVERY
         self.ts = 0
         self.offset = -1
@@ -174,7 +173,7 @@ class SkipState:
         # Offsets of records the filter found to be this worker's (fast path): run_shard need not hash them again.
         # One set, updated in place: the batch filter's for its buffer, the per-record filter's last record.
         self.mine: set[int] = set()
-        self.max_dropped = 0  # batch filter: the latest time it dropped, for the worker's clock at the end
+        self.max_dropped = 0
 
 
 def make_skip(me: int, n: int, st: SkipState) -> Skip:
@@ -196,8 +195,8 @@ def make_skip(me: int, n: int, st: SkipState) -> Skip:
         st.left -= 1
         if st.left < 0:
             return False
-        if ts > st.max_ts:
-            st.max_ts = ts
+        if ts > st.max_dropped:
+            st.max_dropped = ts
             flows = st.owner.flows if st.owner is not None else None
             if flows is not None and ts > flows.now:  # what one process's clock does at this record
                 flows.now = ts
@@ -217,7 +216,7 @@ _PAD = bytes(_ROW)
 def _select(
     buf: bytes, base: int, first: int, offs: list[int], linktype: int, order: str, mult: int, me: int, n: int,
     st: SkipState,
-) -> Iterable[int]:
+) -> Iterable[int]:  # fmt: skip
     """``make_skip`` for a whole buffer of pcap records, vectorised: which records worker ``me`` must see.
 
     The same decisions as the per-record filter, with the clock rules simulated across the buffer: a record is
@@ -559,8 +558,7 @@ class ShardPipeline(Pipeline):
                 process(seg, rec)
         last: PacketRef | None = rec
         if st is not None:
-            if max(st.max_ts, st.max_dropped) > flows.now:
-                flows.now = max(st.max_ts, st.max_dropped)
+            flows.now = max(flows.now, st.max_dropped)
             packets, nbytes = st.report.records - start, st.report.bytes - before
             if st.offset >= 0 and (rec is None or rec.frame < st.report.records):  # the last record was dropped
                 last = PacketRef(st.path, st.report.records, st.offset)
