@@ -162,11 +162,19 @@ def _scenario(name: str, n: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# Growth of the peak resident set between 40% and 100% of the input. Every table reaches its cap well before
-# 40% (flows 20k, assets 5k, threshold keys 100k per rule, aggregated alerts 100k, baseline caps), so the rest
-# of the input must not raise the peak by more than allocator noise; one uncapped table of 600k entries would
-# add hundreds of MB.
-MAX_GROWTH_KB = 48 * 1024
+# Growth between 50% and 100% of the input. Every table reaches its cap by 40% (flows 20k, assets 5k,
+# threshold keys 100k per rule, aggregated alerts 100k, baseline caps), so the rest of the input must not add live
+# objects: one uncapped table of 500k entries would add 500k blocks or more, while the live count at the cap moves
+# by the batch in flight (measured: +1.5% of 5.4M blocks). The peak resident set is checked too, more loosely:
+# with the live count flat it still rose 44-63 MB over the second half (pymalloc arenas fragmented by the capped
+# tables' churn), which an uncapped table's hundreds of MB would dwarf.
+MAX_GROWTH_KB = 96 * 1024
+MAX_BLOCK_GROWTH = 0.05
+
+
+def _flat(r: dict) -> None:
+    assert r["blocks_end"] - r["blocks_mid"] < MAX_BLOCK_GROWTH * r["blocks_mid"], r
+    assert r["hwm_end_kb"] - r["hwm_mid_kb"] < MAX_GROWTH_KB, r
 
 
 @pytest.mark.slow
@@ -175,7 +183,7 @@ def test_million_distinct_mqtt_topics_whole_pipeline_flat_memory() -> None:
     s, d = r["stats"], r["detectors"]
     assert s["messages"]["mqtt"] == 1_000_000 + 100  # every PUBLISH and CONNECT decoded
     assert s["tcp"]["decoder_exceptions"] == 0
-    assert r["hwm_end_kb"] - r["hwm_mid_kb"] < MAX_GROWTH_KB, r
+    _flat(r)
     # The per-topic threshold rule hit its key cap and says so, in the stats document too.
     assert d["rules_evicted_keys"] > 0 and d["rules_threshold_keys"] <= MAX_KEYS + 1, d
     assert s["detectors"]["rules"]["threshold_keys_evicted"] == d["rules_evicted_keys"]
@@ -187,7 +195,7 @@ def test_million_distinct_modbus_addresses_whole_pipeline_flat_memory() -> None:
     s = r["stats"]
     assert s["messages"]["modbus"] == 1_000_000
     assert s["tcp"]["decoder_exceptions"] == 0
-    assert r["hwm_end_kb"] - r["hwm_mid_kb"] < MAX_GROWTH_KB, r
+    _flat(r)
     assert s["tcp"]["evicted_cap"] > 0  # 250k connections through a 20k flow table
     assert s["assets"]["evicted"] > 0 and s["assets"]["tracked"] <= 5000
     rules = s["detectors"]["rules"]

@@ -4,7 +4,7 @@ scores traffic against a saved ``Model`` (baseline deviations and model windows)
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -130,7 +130,7 @@ class SlowLearner:
     def __init__(self, baseline: Baseline, opts: LearnOptions) -> None:
         self.baseline = baseline
         self.opts = opts
-        self.candidates: dict[str, tuple[int, set[int], Message]] = {}
+        self.candidates: OrderedDict[str, tuple[int, set[int], Message]] = OrderedDict()
         self.promoted: deque[int] = deque()
         self.learned: list[str] = []
         self.evicted = 0
@@ -143,7 +143,7 @@ class SlowLearner:
             c = self.candidates.get(d.key)
             if c is None:
                 if len(self.candidates) >= o.max_candidates:
-                    self.candidates.pop(next(iter(self.candidates)))
+                    self.candidates.popitem(last=False)
                     self.evicted += 1
                 c = self.candidates[d.key] = (m.ts, set(), m)
             first, hours, _ = c
@@ -175,9 +175,9 @@ class AnomalyDetector(_Windowed):
         self.repeat_ns = int(repeat_seconds * 1e9)
         self.use_baseline = use_baseline
         self.use_model = use_model
-        self.suppressed: dict[str, int] = {}  # dedup key -> capture time until which repeats are dropped
+        self.suppressed: OrderedDict[str, int] = OrderedDict()  # dedup key -> capture time until which repeats are dropped
         self.repeats = 0
-        self.last: dict[Pair, Message] = {}
+        self.last: OrderedDict[Pair, Message] = OrderedDict()  # FIFO caps: see WindowTracker.last_values
         self.windows_scored = 0
         self._names: dict[tuple[str, ...], dict[str, Any]] = {}
         span = model.baseline.last_ns - model.baseline.first_ns
@@ -200,7 +200,7 @@ class AnomalyDetector(_Windowed):
         last = self.last
         last[p] = m
         if len(last) > 50_000:
-            last.pop(next(iter(last)))
+            last.popitem(last=False)
         if self.use_baseline:
             devs = self.baseline.check_message(m, p)
             if devs:
@@ -226,7 +226,7 @@ class AnomalyDetector(_Windowed):
             self.repeats += 1
             return False
         if until is None and len(self.suppressed) >= MAX_SUPPRESSED:
-            self.suppressed.pop(next(iter(self.suppressed)))
+            self.suppressed.popitem(last=False)
         self.suppressed[key] = ts + self.repeat_ns
         return True
 

@@ -12,7 +12,7 @@ and released as one alert with a count and first/last seen, on ``on_time`` and `
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
@@ -83,7 +83,7 @@ class _Compiled:
         self.count = thr.count if thr else 0
         self.seconds = thr.seconds if thr else 0.0
         self.window_ns = int(thr.seconds * NS) if thr else 0
-        self.windows: dict[Any, Any] = {}
+        self.windows: OrderedDict[Any, Any] = OrderedDict()  # FIFO cap: O(1) popitem (a dict's front pop is not)
         self.distinct_field = ""  # the short name when distinct is an ics.<protocol>.<name> field (read inline)
         if thr and thr.distinct and thr.distinct.startswith("ics.") and thr.distinct.count(".") == 2:
             self.distinct_field = thr.distinct.split(".")[2]
@@ -139,7 +139,7 @@ class RuleEngine:
             c.hit = self._make_hit(c)
         self.rules = compiled
         self._msg, self._anom, self._anom_any = self._index(compiled)
-        self._pending: dict[tuple[Any, ...], _Agg] = {}
+        self._pending: OrderedDict[tuple[Any, ...], _Agg] = OrderedDict()
         # (first_ts, seq, key) of every aggregate created, so a tick finds the due ones without a scan of all;
         # an entry whose aggregate was released meanwhile (early, or the key reused) is skipped by its seq.
         self._due: list[tuple[int, int, tuple[Any, ...]]] = []
@@ -369,9 +369,9 @@ class RuleEngine:
             c.windows[key] = held
         return a
 
-    def _cap(self, windows: dict[Any, Any]) -> None:
+    def _cap(self, windows: OrderedDict[Any, Any]) -> None:
         if len(windows) > MAX_KEYS:
-            del windows[next(iter(windows))]
+            windows.popitem(last=False)
             self.evicted_keys += 1
 
     def _aggregate(self, c: _Compiled, key: tuple[Any, ...], m: Msg, first_ts: int, n: int, extra: dict[str, Any],
@@ -386,7 +386,7 @@ class RuleEngine:
                 self._early += self._release([next(iter(self._pending))])
             self._pending[key] = _Agg(c, m, first_ts, m.ts, n, extra, self._seq, firing)
             heappush(self._due, (first_ts, self._seq, key))
-            if len(self._due) > 2 * MAX_PENDING:  # mostly released early: rebuild from what is pending
+            if len(self._due) > MAX_PENDING + MAX_PENDING // 2:  # mostly released early: rebuild from what is pending
                 self._due = [(a.first_ts, a.seq, k) for k, a in self._pending.items()]
                 heapify(self._due)
         else:
