@@ -179,3 +179,20 @@ def test_threshold_keeps_counting_into_held_alert(tmp_path: Path) -> None:
     (a,) = list(e.close())
     assert a.count == 10 and a.first_ts == 0 and a.last_ts == int(4.5 * S)
     assert "3 matching messages within 10 s" in (a.explanation or "")
+
+
+def test_threshold_keys_evicted_oldest_first_at_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond MAX_KEYS the oldest key goes, one per new key, and is counted: a source evicted mid-count starts
+    over, while the kept sources keep their counts (the table is an ordered dict for an O(1) pop of the oldest)."""
+    import detectors.rules.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "MAX_KEYS", 3)
+    e = engine(tmp_path, "ics.modbus.is_request: true", "  threshold: {count: 2, seconds: 60, by: [source.ip]}\n")
+    hosts = [f"10.0.1.{i}" for i in range(1, 6)]
+    for i, h in enumerate(hosts):  # one request each: five keys through a table of three
+        assert not fires(e, msg(i, client=h))
+    (c,) = e.rules
+    assert list(c.windows) == hosts[2:] and e.evicted_keys == 2
+    assert not fires(e, msg(10, client=hosts[0]))  # evicted: its count restarted, and the next oldest goes
+    assert list(c.windows) == [*hosts[3:], hosts[0]] and e.evicted_keys == 3
+    assert fires(e, msg(11, client=hosts[4]))  # kept: its second request reaches the threshold
