@@ -34,8 +34,9 @@ Workers are forked (the compiled rules hold closures; fork also shares the loade
 Cost (bench/bench_replay.py --workers 2): a worker pays about 0.3 us for each packet of the others' flows, and
 each document is copied into a shared ring and merged once more in the parent; see the README for the figures. Stats
 ``frames`` and the packet and byte counts come from worker 0 (every worker sees every record); other counters
-are summed. With several input files the reader's filter is off (the merged record index is not the file's),
-and every worker builds every record.
+are summed. With several input files the reader's filter works on each file read while no other is open
+(rotated captures: all of them), up to its first record at or past the next file's first timestamp; records of
+files that interleave are built by every worker (``source._merge_lazily``).
 
 Known difference: when the flow-table cap is hit (stats ``tcp.evicted_cap`` > 0) each worker evicts from its own
 table, so which flows are evicted can differ from one process.
@@ -47,7 +48,6 @@ import bisect
 import contextlib
 import dataclasses
 import fcntl
-import itertools
 import mmap
 import multiprocessing as mp
 import os
@@ -71,7 +71,7 @@ from sensor.outputs.base import Document
 from sensor.outputs.ecs import Observer
 from sensor.outputs.ndjson import NdjsonSink
 from sensor.pipeline import BATCH, TICK_NS, Outputs, Pipeline
-from sensor.source import CaptureError, Record, Skip, SourceReport, expand_paths, read_captures
+from sensor.source import NEVER_TS, CaptureError, Record, Skip, SourceReport, expand_paths, read_captures
 
 Msg = Message | Anomaly
 _pipeline_on_message = Pipeline._on_message
@@ -158,9 +158,15 @@ class SkipState:
     timestamp (it advances the flow table's clock: at once with the per-record filter, at the end with the batch
     filter); ``left``: records that may still be dropped before a progress watermark is due; ``ts``/``offset``:
     the last dropped record, which may be the capture's last (end-of-capture messages point at it).
+
+    Several files (``read_captures`` with ``shard``): ``path`` is the file being read through the filter,
+    ``base`` the records of the replay before its first (a record's position is ``frame + base``), ``horizon``
+    the next file's first timestamp: from the file's first record at or past it (``crossed``) nothing is dropped,
+    as its records may interleave with the next file's. One file: ``base`` 0, no horizon.
     """
 
-    __slots__ = ("left", "max_dropped", "mine", "offset", "owner", "path", "report", "start", "thr", "ts")
+    __slots__ = ("base", "crossed", "horizon", "left", "max_dropped", "mine", "offset", "owner", "path", "report",
+                 "start", "thr", "ts")  # fmt: skip
 
     def __init__(self, path: str, report: SourceReport) -> None:
         self.path, self.report = path, report
@@ -174,6 +180,7 @@ class SkipState:
         # One set, updated in place: the batch filter's for its buffer, the per-record filter's last record.
         self.mine: set[int] = set()
         self.max_dropped = 0
+        self.base, self.horizon, self.crossed = 0, NEVER_TS, False
 
 
 def make_skip(me: int, n: int, st: SkipState) -> Skip:
@@ -184,6 +191,10 @@ def make_skip(me: int, n: int, st: SkipState) -> Skip:
 
     def skip(buf: bytes, at: int, caplen: int, ts: int, linktype: int, offset: int) -> bool:
         if linktype != 1 or ts > st.thr:
+            return False
+        if ts >= st.horizon or st.crossed:  # several files: this one may interleave with the next from here on
+            st.crossed = True
+            mine.clear()
             return False
         k = _fast_shard(buf, at, caplen, n)
         if k < 0:
@@ -233,7 +244,8 @@ def _select(
     """
     count = len(offs)
     owner = st.owner
-    if linktype != 1 or count == 0 or owner is None or first + count <= st.start:
+    first += st.base  # position in the replay (several files)
+    if linktype != 1 or count == 0 or owner is None or first + count <= st.start or st.crossed:
         st.mine.clear()
         return range(count)  # a resumed replay passes over the records before its start: all of them, as read
     at = np.array(offs, np.int64)
@@ -259,6 +271,12 @@ def _select(
     keep[-1] = True
     if first < st.start:
         keep[: st.start - first] = True
+    if st.horizon != NEVER_TS:
+        past = ts >= st.horizon
+        h = int(past.argmax())
+        if past[h]:  # several files: the next one's records may interleave with this one's from here on
+            keep[h:] = True
+            st.crossed = True
     # The clock, as the worker will run it over this buffer (its state now: every earlier record is processed).
     flows = owner.flows
     now, last_sweep, sweep_ns = max(flows.now, st.max_dropped), flows.last_sweep, flows.sweep_ns
@@ -510,7 +528,7 @@ class ShardPipeline(Pipeline):
                 r += 1
                 nbytes += len(rec.data)
             else:
-                r = rec.frame
+                r = rec.frame + st.base
                 if r <= start:  # the filter drops nothing before start (st.thr is -1, st.start)
                     before += len(rec.data)
                     rec = None
@@ -536,7 +554,7 @@ class ShardPipeline(Pipeline):
                     self._set_thr()
             # The fast path (Ethernet, IPv4 without options, TCP) is sharded from the raw bytes, and a Segment is
             # built only for this worker's packets; any other frame goes through FrameDecoder.
-            if rec.offset in mine:  # the reader's filter found it to be ours
+            if rec.offset in mine and rec.file == st.path:  # type: ignore[union-attr]  # the filter found it ours
                 k = me
             else:
                 k = _fast_shard(data, 0, len(data), n) if rec.linktype == 1 else -1
@@ -560,8 +578,8 @@ class ShardPipeline(Pipeline):
         if st is not None:
             flows.now = max(flows.now, st.max_dropped)
             packets, nbytes = st.report.records - start, st.report.bytes - before
-            if st.offset >= 0 and (rec is None or rec.frame < st.report.records):  # the last record was dropped
-                last = PacketRef(st.path, st.report.records, st.offset)
+            if st.offset >= 0 and (rec is None or r < st.report.records):  # the last record was dropped
+                last = PacketRef(st.path, st.report.records - st.base, st.offset)
                 c.last_ts = max(c.last_ts or 0, st.ts)
                 if c.first_ts is None:
                     c.first_ts = st.ts
@@ -595,10 +613,8 @@ def _work(
         p.ring, p.ctrl = ring, ctrl
         p.open()
         paths = expand_paths(files)
-        st = SkipState(paths[0], report) if len(paths) == 1 else None  # see read_captures: one file only
-        records: Iterable[Record] = read_captures(files, report, make_skip(index, n, st) if st else None)
-        if st is None and start:
-            records = itertools.islice(records, start, None)
+        st = SkipState(paths[0], report)
+        records: Iterable[Record] = read_captures(files, report, make_skip(index, n, st), st)
         p.run_shard(records, st, start)
         stats = p.finish()
         done = {

@@ -13,7 +13,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -31,6 +31,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD = 16 * 1024 * 1024  # larger than any real snap length: a bigger record length is corruption
 CHUNK = 1 << 20
 _CAPLEN_COLS = np.arange(8, 12)
+NEVER_TS = 1 << 126  # a timestamp later than any capture's
 
 # A reader's record filter: skip(buffer, data offset, captured length, timestamp ns, linktype, record offset in
 # the file) -> True to drop the record without building it (it is still counted in the SourceReport). Parallel
@@ -348,11 +349,15 @@ def expand_paths(paths: list[str]) -> list[str]:
     return out
 
 
-def read_captures(paths: list[str], report: SourceReport, skip: Skip | None = None) -> Iterator[Record]:
+def read_captures(
+    paths: list[str], report: SourceReport, skip: Skip | None = None, shard: Any = None
+) -> Iterator[Record]:
     """Every record of every capture, merged in timestamp order (ties keep file order, so a replay is stable).
 
-    ``skip`` filters records inside the reader; it is honoured for a single file only, where the record number
-    (``Record.frame``) is also the position in the replay (a caller counting skipped records relies on that).
+    ``skip`` filters records inside the reader. For a single file the record number (``Record.frame``) is also
+    the position in the replay (a caller counting skipped records relies on that). For several files it is
+    honoured only with ``shard`` (parallel replay's SkipState), and only where one file is read alone: see
+    ``_merge_lazily``; the position in the replay of each record handed out is then ``frame + shard.base``.
     """
     files = expand_paths(paths)
     if not files:
@@ -369,9 +374,11 @@ def read_captures(paths: list[str], report: SourceReport, skip: Skip | None = No
         if head not in PCAP_MAGICS and head != PCAPNG_SHB:
             raise CaptureError(f"{path}: not a pcap or pcapng capture (magic {head.hex() or 'empty'})")
     if len(files) == 1:
+        if shard is not None:
+            shard.path = files[0]  # the records' own string: run_shard compares it with theirs
         yield from read_capture(files[0], report, skip)
         return
-    yield from _merge_lazily(files, report)
+    yield from _merge_lazily(files, report, skip if shard is not None else None, shard)
 
 
 def _first_ts(path: str) -> int:
@@ -381,14 +388,38 @@ def _first_ts(path: str) -> int:
     return -1
 
 
-def _merge_lazily(files: list[str], report: SourceReport) -> Iterator[Record]:
+def _merge_lazily(
+    files: list[str], report: SourceReport, skip: Skip | None = None, shard: Any = None
+) -> Iterator[Record]:
     """The order of ``heapq.merge`` by timestamp (ties: earlier file first), opening each file only when its
-    first record is due: a directory of thousands of rotated captures holds one or two open at a time, not all."""
+    first record is due: a directory of thousands of rotated captures holds one or two open at a time, not all.
+
+    With ``skip`` and ``shard``: a file opened while no other is open (rotated captures: every file) is read
+    through ``skip`` until the merge must interleave it with the next file. Its records before the next file's
+    first timestamp (``shard.horizon``) come before every record of the later files, so their positions in the
+    replay are the records before the file (``shard.base``) plus their frame numbers, dropped or not; from its
+    first record at or past the horizon the filter drops nothing more (it sets ``shard.crossed``). Records handed
+    out while files interleave are numbered one by one (``shard.base`` is set for each)."""
     report.files += files  # in the order given, as if all were opened now
     pending = sorted((_first_ts(p), i, p) for i, p in enumerate(files))
     pending.reverse()  # pop() from the end: earliest first
     heap: list[tuple[int, int, Record, Iterator[Record]]] = []
+    r = 0  # with shard: position in the replay of the last record handed out or dropped before it
     while heap or pending:
+        if shard is not None and not heap:  # alone: read through the filter up to the next file's first record
+            _, i, path = pending.pop()
+            due = pending[-1][:2] if pending else None
+            base = report.records  # every earlier file is read to its end
+            shard.path, shard.base, shard.crossed = path, base, False
+            shard.horizon = due[0] if due is not None else NEVER_TS
+            it = read_capture(path, report, skip, listed=True)
+            for rec in it:
+                if due is not None and (rec.ts, i) >= due:
+                    heapq.heappush(heap, (rec.ts, i, rec, it))
+                    r = base + rec.frame - 1  # the next record handed out, this one or the next file's, follows
+                    break
+                yield rec
+            continue
         while pending and (not heap or pending[-1][:2] <= heap[0][:2]):
             _, i, path = pending.pop()
             it = read_capture(path, report, listed=True)
@@ -398,6 +429,9 @@ def _merge_lazily(files: list[str], report: SourceReport) -> Iterator[Record]:
         if not heap:
             continue
         _, i, rec, it = heap[0]
+        if shard is not None:
+            r += 1
+            shard.base = r - rec.frame
         yield rec
         for nxt in it:
             heapq.heapreplace(heap, (nxt.ts, i, nxt, it))
