@@ -141,3 +141,49 @@ def test_checkpoint_of_another_replay_or_unusable_outputs_is_refused(tmp_path: P
     (tmp_path / "st.ndjson").write_bytes(b"")
     res = _replay(capture, tmp_path, "--checkpoint", str(ck))
     assert res.exit_code != 0 and "shorter than at the checkpoint" in res.output
+
+
+def test_resume_of_several_files_with_workers_equals_one_process(
+    tmp_path: Path, capture: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory of rotated captures (the reader's filter on in each worker, records numbered across files),
+    interrupted and resumed with 2 workers: the same outputs as one process resumed from the same checkpoint."""
+    from sensor.source import SourceReport, read_captures
+    from tests.craft import write_pcap
+
+    recs = [(r.ts, r.data) for r in read_captures([str(capture)], SourceReport())]
+    d = tmp_path / "rotated"
+    d.mkdir()
+    third = len(recs) // 3
+    for i in range(3):
+        write_pcap(d / f"part{i}.pcap", 1, recs[i * third : (i + 1) * third if i < 2 else None], nano=True)
+    run, one = tmp_path / "run", tmp_path / "one"
+    run.mkdir(), one.mkdir()
+    ckpt = str(run / "ck.json")
+    saved: list[int] = []
+    real_save = Checkpoint.save
+
+    def save_then_die(self: Checkpoint, records: int, outputs: dict[str, int], complete: bool = False) -> None:
+        real_save(self, records, outputs, complete)
+        saved.append(records)
+        if len(saved) == 2:
+            raise Crash
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_die)
+    res = _replay(d, run, "--checkpoint", ckpt, "--checkpoint-every", "0", "--workers", "2")
+    assert isinstance(res.exception, Crash) and 0 < saved[0] < saved[1] < len(recs)
+    monkeypatch.undo()
+    for name in ("ev.ndjson", "al.ndjson", "st.ndjson"):
+        (one / name).write_bytes((run / name).read_bytes())
+    doc = orjson.loads(Path(ckpt).read_bytes())
+    doc["outputs"] = {str(one / Path(k).name): v for k, v in doc["outputs"].items()}
+    (one / "ck.json").write_bytes(orjson.dumps(doc))
+    assert _replay(d, one, "--checkpoint", str(one / "ck.json"), "--workers", "1").exit_code == 0
+    res = _replay(d, run, "--checkpoint", ckpt, "--workers", "2")
+    assert res.exit_code == 0, res.output
+    for name in ("ev.ndjson", "al.ndjson"):
+        assert (run / name).read_bytes() == (one / name).read_bytes(), name
+    stats = [orjson.loads((x / "st.ndjson").read_bytes().splitlines()[-1])["ics"]["stats"] for x in (run, one)]
+    for s in stats:
+        del s["seconds"], s["packets_per_second"]
+    assert stats[0] == stats[1] and stats[0]["packets"] == len(recs) - saved[1]
