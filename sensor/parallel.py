@@ -139,13 +139,6 @@ def _fast_shard(buf: bytes, at: int, caplen: int, n: int) -> int:
     return _mix(src + dst, sport + dport, 6, n)
 
 
-def _fast_segment(ts: int, data: bytes) -> Segment:
-    """The Segment of a fast-path frame (``_fast_shard`` >= 0), as FrameDecoder's fast path builds it."""
-    sport, dport, seq, ack, _off, flags, _win = _TCP.unpack_from(data, 34)
-    end = 14 + ((data[16] << 8) | data[17])
-    return Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack, data[34 + (data[46] >> 4) * 4 : end])
-
-
 def segment_shard(seg: Segment, n: int) -> int:
     return shard_of(seg.src, seg.dst, seg.sport, seg.dport, seg.proto, n)
 
@@ -523,6 +516,8 @@ class ShardPipeline(Pipeline):
         rec: Record | None = None
         r = start
         before = 0  # bytes of the records passed over (resumed, with st)
+        next_tick = self._next_tick
+        tcp = _TCP.unpack_from
         for rec in records:
             if st is None:
                 r += 1
@@ -533,47 +528,60 @@ class ShardPipeline(Pipeline):
                     before += len(rec.data)
                     rec = None
                     continue
-            packets = r - start
             if r >= next_wm:
                 next_wm = r + WATERMARK_EVERY
                 self._flush_events()
-                self.progress = (packets, nbytes if st is None else st.report.bytes)
+                self.progress = (r - start, nbytes if st is None else st.report.bytes)
                 self.send(r)
                 if st is not None:
                     st.left = WATERMARK_EVERY
             data = rec.data
             ts = rec.ts
-            if ts >= self._next_tick:
+            if ts >= next_tick:
                 if c.first_ts is None:
                     c.first_ts = ts
-                c.packets, c.bytes = packets, nbytes
-                self._next_tick = ts + TICK_NS
+                c.packets, c.bytes = r - start, nbytes
+                next_tick = self._next_tick = ts + TICK_NS
                 if ticks:
                     self.det.append(((r << 2) | PH_TICK, 0, ts))
                 if st is not None:
                     self._set_thr()
             # The fast path (Ethernet, IPv4 without options, TCP) is sharded from the raw bytes, and a Segment is
-            # built only for this worker's packets; any other frame goes through FrameDecoder.
+            # built only for this worker's packets (as FrameDecoder's fast path builds it); any other frame goes
+            # through FrameDecoder.
             if rec.offset in mine and rec.file == st.path:  # type: ignore[union-attr]  # the filter found it ours
                 k = me
             else:
                 k = _fast_shard(data, 0, len(data), n) if rec.linktype == 1 else -1
-            if k >= 0:
-                is_seg = True
-                seg = _fast_segment(ts, data) if k == me else None
+            if k == me:
+                if ts > flows.now:  # FlowTable.process's own first step, here so sweeps get their phase
+                    flows.now = ts
+                    if ts - flows.last_sweep > sweep_ns:
+                        self._sweep(ts, rec, r)
+                sport, dport, seq, ack, _off, flags, _win = tcp(data, 34)
+                seg = Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack,
+                              data[34 + (data[46] >> 4) * 4 : 14 + ((data[16] << 8) | data[17])])  # fmt: skip
+            elif k >= 0:  # another worker's fast-path packet: only its time
+                if ts > flows.now:
+                    flows.now = ts
+                    if ts - flows.last_sweep > sweep_ns:
+                        self._sweep(ts, rec, r)
+                continue
             else:
                 seg = decode(ts, rec.linktype, data)
-                is_seg = seg is not None
-                if seg is not None and segment_shard(seg, n) != me:
-                    seg = None
-            if is_seg and ts > flows.now:  # FlowTable.process's own first step, here so sweeps get their phase
-                flows.now = ts
-                if ts - flows.last_sweep > sweep_ns:
-                    self._sweep(ts, rec, r)
-            if seg is not None:
-                self.hi = (r << 2) | PH_OWN
-                flows.next_id = r - 1  # a flow created now gets this record's index as its id
-                process(seg, rec)
+                if seg is None:
+                    continue
+                if ts > flows.now:
+                    flows.now = ts
+                    if ts - flows.last_sweep > sweep_ns:
+                        self._sweep(ts, rec, r)
+                if segment_shard(seg, n) != me:
+                    continue
+            self.hi = (r << 2) | PH_OWN
+            flows.next_id = r - 1  # a flow created now gets this record's index as its id
+            process(seg, rec)
+        if st is None and r > start:
+            packets = r - start
         last: PacketRef | None = rec
         if st is not None:
             flows.now = max(flows.now, st.max_dropped)
