@@ -37,6 +37,31 @@ def _keys(lines: list[bytes]) -> list[tuple]:
     return out
 
 
+def _die_after_second_checkpoint(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Checkpoint.save saves, then the process 'dies' (Crash) after the second one; the records of each save."""
+    saved: list[int] = []
+    real_save = Checkpoint.save
+
+    def save_then_die(self: Checkpoint, records: int, outputs: dict[str, int], complete: bool = False) -> None:
+        real_save(self, records, outputs, complete)
+        saved.append(records)
+        if len(saved) == 2:
+            raise Crash
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_die)
+    return saved
+
+
+def _copy_interrupted(run: Path, ckpt: str, to: Path) -> str:
+    """The interrupted replay's outputs and checkpoint copied to ``to`` (the checkpoint naming the copies)."""
+    for name in ("ev.ndjson", "al.ndjson", "st.ndjson"):
+        (to / name).write_bytes((run / name).read_bytes())
+    doc = orjson.loads(Path(ckpt).read_bytes())
+    doc["outputs"] = {str(to / Path(k).name): v for k, v in doc["outputs"].items()}
+    (to / "ck.json").write_bytes(orjson.dumps(doc))
+    return str(to / "ck.json")
+
+
 @pytest.fixture
 def capture(shared_pcaps: Path) -> Path:
     return shared_pcaps / "zeek" / "modbusBig.pcap"  # 13,622 packets: three checkpoints at 4,096 records apart
@@ -51,16 +76,7 @@ def test_resume_after_a_crash_writes_every_document_once(
     assert _replay(capture, ref).exit_code == 0
     ckpt = str(run / "ck.json")
 
-    saved: list[int] = []
-    real_save = Checkpoint.save
-
-    def save_then_die(self: Checkpoint, records: int, outputs: dict[str, int], complete: bool = False) -> None:
-        real_save(self, records, outputs, complete)
-        saved.append(records)
-        if len(saved) == 2:
-            raise Crash
-
-    monkeypatch.setattr(Checkpoint, "save", save_then_die)
+    saved = _die_after_second_checkpoint(monkeypatch)
     res = _replay(capture, run, "--checkpoint", ckpt, "--checkpoint-every", "0", "--workers", workers)
     assert isinstance(res.exception, Crash)
     if workers == "1":
@@ -77,12 +93,7 @@ def test_resume_after_a_crash_writes_every_document_once(
     if workers != "1":  # the same checkpoint resumed by one process: what the workers must give after it
         one = tmp_path / "one"
         one.mkdir()
-        for name in ("ev.ndjson", "al.ndjson", "st.ndjson"):
-            (one / name).write_bytes((run / name).read_bytes())
-        doc = orjson.loads(Path(ckpt).read_bytes())
-        doc["outputs"] = {str(one / Path(k).name): v for k, v in doc["outputs"].items()}
-        (one / "ck.json").write_bytes(orjson.dumps(doc))
-        res = _replay(capture, one, "--checkpoint", str(one / "ck.json"), "--workers", "1")
+        res = _replay(capture, one, "--checkpoint", _copy_interrupted(run, ckpt, one), "--workers", "1")
         assert res.exit_code == 0, res.output
     res = _replay(capture, run, "--checkpoint", ckpt, "--workers", workers)
     assert res.exit_code == 0, res.output
@@ -160,25 +171,11 @@ def test_resume_of_several_files_with_workers_equals_one_process(
     run, one = tmp_path / "run", tmp_path / "one"
     run.mkdir(), one.mkdir()
     ckpt = str(run / "ck.json")
-    saved: list[int] = []
-    real_save = Checkpoint.save
-
-    def save_then_die(self: Checkpoint, records: int, outputs: dict[str, int], complete: bool = False) -> None:
-        real_save(self, records, outputs, complete)
-        saved.append(records)
-        if len(saved) == 2:
-            raise Crash
-
-    monkeypatch.setattr(Checkpoint, "save", save_then_die)
+    saved = _die_after_second_checkpoint(monkeypatch)
     res = _replay(d, run, "--checkpoint", ckpt, "--checkpoint-every", "0", "--workers", "2")
     assert isinstance(res.exception, Crash) and 0 < saved[0] < saved[1] < len(recs)
     monkeypatch.undo()
-    for name in ("ev.ndjson", "al.ndjson", "st.ndjson"):
-        (one / name).write_bytes((run / name).read_bytes())
-    doc = orjson.loads(Path(ckpt).read_bytes())
-    doc["outputs"] = {str(one / Path(k).name): v for k, v in doc["outputs"].items()}
-    (one / "ck.json").write_bytes(orjson.dumps(doc))
-    assert _replay(d, one, "--checkpoint", str(one / "ck.json"), "--workers", "1").exit_code == 0
+    assert _replay(d, one, "--checkpoint", _copy_interrupted(run, ckpt, one), "--workers", "1").exit_code == 0
     res = _replay(d, run, "--checkpoint", ckpt, "--workers", "2")
     assert res.exit_code == 0, res.output
     for name in ("ev.ndjson", "al.ndjson"):

@@ -252,6 +252,25 @@ def test_crafted_sweeps_fragments_vlan_ipv6_identical(tmp_path: Path) -> None:
     assert stats["tcp"]["gaps"] >= 10  # held segments flushed by the sweeps and the final close, in all workers
 
 
+def _worker_zero_of_two() -> tuple[ShardPipeline, list[bytes], list[tuple[int, int]]]:
+    """Worker 0 of 2 (events, ticks) in this process, keeping the documents and their merge keys it would send
+    (watermarks differ with what the reader hands it, so they are not kept)."""
+    q = ShardPipeline(load_config(None), None, 0, 2, None, True, None, True)
+    q.open()
+    lines: list[bytes] = []
+    keys: list[tuple[int, int]] = []
+
+    def send(watermark: int, kind: int = 0) -> None:
+        n = len(q.sink.lines)
+        lines.extend(q.sink.lines)
+        keys.extend(zip(q.keys_hi[:n], q.keys_c[:n], strict=True))
+        q.sink.lines.clear()
+        del q.keys_hi[:n], q.keys_c[:n]
+
+    q.send = send  # type: ignore[method-assign]
+    return q, lines, keys
+
+
 @pytest.mark.parametrize("chunk", [512, 4096])
 def test_batch_filter_across_small_buffers_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
@@ -269,19 +288,7 @@ def test_batch_filter_across_small_buffers_identical(
         rep = SourceReport()
         st = SkipState(str(cap), rep)
         skip = make_skip(0, 2, st)
-        q = ShardPipeline(load_config(None), None, 0, 2, None, True, None, True)
-        q.open()
-        lines: list[bytes] = []
-        keys: list[tuple[int, int]] = []
-
-        def send(watermark: int, kind: int = 0, q: ShardPipeline = q, lines: list = lines, keys: list = keys) -> None:
-            n = len(q.sink.lines)  # the documents and their merge keys; watermarks differ with what is seen
-            lines.extend(q.sink.lines)
-            keys.extend(zip(q.keys_hi[:n], q.keys_c[:n], strict=True))
-            q.sink.lines.clear()
-            del q.keys_hi[:n], q.keys_c[:n]
-
-        q.send = send  # type: ignore[method-assign]
+        q, lines, keys = _worker_zero_of_two()
         seen: list[int] = []
         records = read_captures([str(cap)], rep, skip if batch else lambda *a, f=skip: f(*a))
         q.run_shard((seen.append(r.frame) or r for r in records), st)
@@ -430,19 +437,7 @@ def test_rotated_and_overlapping_files_identical_with_the_readers_filter(tmp_pat
     for filtered in (True, False):
         rep = SourceReport()
         st = SkipState(files[0], rep)
-        q = ShardPipeline(load_config(None), None, 0, 2, None, True, None, True)
-        q.open()
-        lines: list[bytes] = []
-        keys: list[tuple[int, int]] = []
-
-        def send(watermark: int, kind: int = 0, q: ShardPipeline = q, lines: list = lines, keys: list = keys) -> None:
-            n = len(q.sink.lines)  # the documents and their merge keys; watermarks differ with what is seen
-            lines.extend(q.sink.lines)
-            keys.extend(zip(q.keys_hi[:n], q.keys_c[:n], strict=True))
-            q.sink.lines.clear()
-            del q.keys_hi[:n], q.keys_c[:n]
-
-        q.send = send  # type: ignore[method-assign]
+        q, lines, keys = _worker_zero_of_two()
         seen: list[int] = []
         if filtered:
             records = read_captures(files, rep, make_skip(0, 2, st), st)
