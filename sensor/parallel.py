@@ -554,29 +554,23 @@ class ShardPipeline(Pipeline):
             else:
                 k = _fast_shard(data, 0, len(data), n) if rec.linktype == 1 else -1
             if k == me:
-                if ts > flows.now:  # FlowTable.process's own first step, here so sweeps get their phase
-                    flows.now = ts
-                    if ts - flows.last_sweep > sweep_ns:
-                        self._sweep(ts, rec, r)
                 sport, dport, seq, ack, _off, flags, _win = tcp(data, 34)
-                seg = Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack,
-                              data[34 + (data[46] >> 4) * 4 : 14 + ((data[16] << 8) | data[17])])  # fmt: skip
+                seg: Segment | None = Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack,
+                                              data[34 + (data[46] >> 4) * 4 : 14 + ((data[16] << 8) | data[17])])  # fmt: skip
             elif k >= 0:  # another worker's fast-path packet: only its time
-                if ts > flows.now:
-                    flows.now = ts
-                    if ts - flows.last_sweep > sweep_ns:
-                        self._sweep(ts, rec, r)
-                continue
+                seg = None
             else:
                 seg = decode(ts, rec.linktype, data)
-                if seg is None:
+                if seg is None:  # not a segment: time does not move
                     continue
-                if ts > flows.now:
-                    flows.now = ts
-                    if ts - flows.last_sweep > sweep_ns:
-                        self._sweep(ts, rec, r)
                 if segment_shard(seg, n) != me:
-                    continue
+                    seg = None
+            if ts > flows.now:  # FlowTable.process's own first step, here so sweeps get their phase
+                flows.now = ts
+                if ts - flows.last_sweep > sweep_ns:
+                    self._sweep(ts, rec, r)
+            if seg is None:
+                continue
             self.hi = (r << 2) | PH_OWN
             flows.next_id = r - 1  # a flow created now gets this record's index as its id
             process(seg, rec)
