@@ -69,7 +69,7 @@ from sensor.frames import Segment
 from sensor.messages import Alert, Anomaly, Message, PacketRef
 from sensor.outputs.base import Document
 from sensor.outputs.ecs import Observer
-from sensor.outputs.ndjson import NdjsonSink
+from sensor.outputs.ndjson import NdjsonSink, write_all
 from sensor.pipeline import BATCH, TICK_NS, Outputs, Pipeline
 from sensor.source import NEVER_TS, CaptureError, Record, Skip, SourceReport, expand_paths, read_captures
 
@@ -460,7 +460,7 @@ class ShardPipeline(Pipeline):
         head = _HDR.pack(kind, watermark, n, len(blob), len(dpk), at, *self.progress)
         parts = [head, np.array(hi, np.int64).tobytes(), np.array(c, np.int64).tobytes(), blob, dpk]
         if self.fd is not None:
-            _write_all(self.fd, parts)
+            write_all(self.fd, parts)
         else:
             self.sent.append(b"".join(parts))
 
@@ -624,13 +624,13 @@ def _work(
             "records": report.records, "bytes": report.bytes,
         }  # fmt: skip
         body = pickle.dumps(done, pickle.HIGHEST_PROTOCOL)
-        _write_all(fd, [_HDR.pack(DONE, END + 1, 0, 0, len(body), -1, *p.progress), body])
+        write_all(fd, [_HDR.pack(DONE, END + 1, 0, 0, len(body), -1, *p.progress), body])
     except BaseException as e:  # reported to the parent, which raises
         kind = "capture" if isinstance(e, CaptureError) else "crash"
         text = str(e) if kind == "capture" else traceback.format_exc()
         body = pickle.dumps((kind, text))
         with contextlib.suppress(OSError):
-            _write_all(fd, [_HDR.pack(FAILED, 0, 0, 0, len(body), -1, 0, 0), body])
+            write_all(fd, [_HDR.pack(FAILED, 0, 0, 0, len(body), -1, 0, 0), body])
     finally:
         os.close(fd)
 
@@ -835,16 +835,6 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
 def _pipe_size(fd: int) -> None:
     with contextlib.suppress(OSError):  # the default size works, with more context switches
         fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
-
-
-def _write_all(fd: int, parts: list[bytes]) -> None:
-    """Write every byte of parts to a pipe (writev, then the rest of a partial write)."""
-    total = sum(len(p) for p in parts)
-    done = os.writev(fd, parts)
-    if done < total:
-        rest = memoryview(b"".join(parts))[done:]
-        while rest:
-            rest = rest[os.write(fd, rest) :]
 
 
 def _read_exact(fd: int, n: int) -> bytearray:

@@ -56,13 +56,7 @@ class NdjsonSink:
         self.f.flush()  # the buffer goes out first, then the lines after it, straight to the descriptor
         fd = self.f.fileno()
         for i in range(0, len(lines), IOV_MAX):
-            part = lines[i : i + IOV_MAX]
-            done = os.writev(fd, part)
-            total = sum(map(len, part))
-            if done < total:  # a pipe or a full disk: the rest, in order
-                rest = memoryview(b"".join(part))[done:]
-                while rest:
-                    rest = rest[os.write(fd, rest) :]
+            write_all(fd, lines[i : i + IOV_MAX])
 
     def flush(self) -> None:
         if self.f is not None:
@@ -74,3 +68,13 @@ class NdjsonSink:
             if self.f is not sys.stdout.buffer:
                 self.f.close()
             self.f = None
+
+
+def write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    """Every byte of ``parts`` (at most IOV_MAX) to ``fd``: one writev, then the rest of a partial write (a pipe,
+    a full disk) in order."""
+    done = os.writev(fd, parts)
+    if done < sum(map(len, parts)):
+        rest = memoryview(b"".join(parts))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
