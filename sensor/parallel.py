@@ -71,7 +71,7 @@ from sensor.outputs.base import Document
 from sensor.outputs.ecs import Observer
 from sensor.outputs.ndjson import NdjsonSink, write_all
 from sensor.pipeline import BATCH, TICK_NS, Outputs, Pipeline
-from sensor.source import NEVER_TS, CaptureError, Record, Skip, SourceReport, expand_paths, read_captures
+from sensor.source import NEVER_TS, CaptureError, Record, Skip, SourceReport, read_captures
 
 Msg = Message | Anomaly
 _pipeline_on_message = Pipeline._on_message
@@ -614,8 +614,7 @@ def _work(
         p = ShardPipeline(config, observer, index, n, fd, events, ship, ticks)
         p.ring, p.ctrl = ring, ctrl
         p.open()
-        paths = expand_paths(files)
-        st = SkipState(paths[0], report)
+        st = SkipState("", report)  # read_captures sets its path to each file it reads through the filter
         records: Iterable[Record] = read_captures(files, report, make_skip(index, n, st), st)
         p.run_shard(records, st, start)
         stats = p.finish()
