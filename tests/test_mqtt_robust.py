@@ -87,6 +87,9 @@ def suback(msgid: int, *codes: int) -> bytes:
 
 
 # -- running bytes through the flow table ------------------------------------------------------------------------
+STEP_NS = 1_000_000  # capture time between the packets Run crafts (their timestamps, not a clock)
+
+
 class Run:
     def __init__(self, segments: list[tuple[bool, bytes]], midstream: bool = False, port: int = 1883, **opts: object) -> None:
         self.out: list[Message | Anomaly] = []
@@ -98,7 +101,7 @@ class Run:
 
         def send(from_client: bool, flags: int, payload: bytes = b"") -> None:
             nonlocal ts, frame
-            ts += 1_000_000
+            ts += STEP_NS
             frame += 1
             i = 0 if from_client else 1
             src, dst, sp, dp = (CLI, SRV, 40000, port) if from_client else (SRV, CLI, port, 40000)
@@ -213,10 +216,10 @@ def test_identity_carried_and_password_never_kept() -> None:
     assert "hunter2" not in repr(r.out)
     c = r.messages[0]
     assert c["username_present"] is True and c["password_present"] is True and "password" not in c
-    # Request-to-answer latency from the capture timestamps Run gives its packets (1 ms apart), not a wall clock:
-    # which messages are paired with their request, and with which one.
+    # Request-to-answer latency from the capture timestamps Run gives its packets (STEP_NS apart), not a wall
+    # clock: which messages are paired with their request, and with which one (each answer follows its request).
     durations = [m.duration_ns for m in r.out if isinstance(m, Message)]
-    assert durations == [None, 1_000_000, None, 1_000_000, 1_000_000, 1_000_000]
+    assert durations == [None, STEP_NS, None, STEP_NS, STEP_NS, STEP_NS]
 
 
 def test_unanswered_requests_are_counted() -> None:
