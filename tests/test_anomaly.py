@@ -225,6 +225,34 @@ def test_knn_grows_with_distance() -> None:
     assert s[0] < s[1] < s[2] and s[2] > 40
 
 
+def test_scoring_in_blocks_bounds_memory_and_keeps_every_score(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window that closes with many pairs is scored in blocks of rows: the same numbers as one block, without a rows x training-points matrix (20,000 x 4,000 float32 would be 320 MB)."""
+    import tracemalloc
+
+    from detectors.anomaly import forest as forest_mod
+
+    rng = np.random.default_rng(5)
+    knn = Knn.fit(rng.normal(size=(4000, 12)), np.zeros(12), np.ones(12))
+    probe = rng.normal(scale=1.5, size=(20000, 12))
+    tracemalloc.start()
+    try:
+        scores = knn.score(probe)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"scoring allocated {peak >> 20} MB at its peak"
+    assert np.array_equal(scores[:2000], knn._score(probe[:2000]))  # blocks of 524 rows against one of 2,000
+    exact = np.sort(np.sqrt(((probe[:200, None, :] - knn.points[None, :, :].astype(np.float64)) ** 2).sum(2)), 1)
+    assert np.allclose(scores[:200], exact[:, : knn.k].mean(1), rtol=1e-4)
+    sk_rows = rng.normal(size=(300, 4))
+    from sklearn.ensemble import IsolationForest
+
+    forest = Forest.from_sklearn(IsolationForest(n_estimators=20, random_state=2).fit(sk_rows))
+    whole = forest.score(sk_rows)
+    monkeypatch.setattr(forest_mod, "FOREST_ROWS", 7)
+    assert np.array_equal(forest.score(sk_rows), whole)
+
+
 def test_topic_patterns_and_matching() -> None:
     topics = [f"site/line{i}/temp" for i in range(6)] + ["site/7/status", "site/8/status", "alarms"]
     pats = topic_patterns(topics)
