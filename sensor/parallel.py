@@ -3,9 +3,9 @@
 How the output stays byte for byte the same as ``Pipeline.run`` in one process:
 
 - Every worker reads every record, but the reader itself drops the Ethernet/IPv4/TCP packets of the other
-  workers' flows before building them: for a classic pcap a buffer (about a megabyte) at a time, with the record
-  headers walked once and the flow hash computed for all of them with numpy (``_select``); for pcapng one
-  record at a time (``make_skip``: a few struct reads, no ``Record``). Every other record is frame-decoded by
+  workers' flows before building them: a buffer (about a megabyte) of pcap records or pcapng enhanced packet
+  blocks at a time, with the headers walked once and the flow hash computed for all of them with numpy
+  (``_select``); any other record one at a time (``make_skip``: a few struct reads, no ``Record``). Every other record is frame-decoded by
   every worker, and sharded after IP reassembly, so fragments of one datagram go where the datagram goes. The hash
   (``shard_of``) is symmetric in the endpoints and stable across processes (integer arithmetic, never the salted
   ``hash()``).
@@ -207,21 +207,21 @@ def make_skip(me: int, n: int, st: SkipState) -> Skip:
         st.ts, st.offset = ts, offset
         return True
 
-    skip.batch = lambda buf, base, first, offs, linktype, order, mult: _select(  # type: ignore[attr-defined]
-        buf, base, first, offs, linktype, order, mult, me, n, st
+    skip.batch = lambda buf, base, first, at, data_at, ts, caplen, linktype: _select(  # type: ignore[attr-defined]
+        buf, base, first, at, data_at, ts, caplen, linktype, me, n, st
     )
     return skip
 
 
-_ROW = 64  # bytes read per record: the 16-byte record header, then the frame up to the TCP data offset (byte 46)
+_ROW = 48  # bytes read per frame: Ethernet, IPv4 and TCP up to the TCP data offset (byte 46)
 _PAD = bytes(_ROW)
 
 
 def _select(
-    buf: bytes, base: int, first: int, offs: list[int], linktype: int, order: str, mult: int, me: int, n: int,
-    st: SkipState,
-) -> Iterable[int]:  # fmt: skip
-    """``make_skip`` for a whole buffer of pcap records, vectorised: which records worker ``me`` must see.
+    buf: bytes, base: int, first: int, at: np.ndarray, data_at: np.ndarray, ts: np.ndarray, caplen: np.ndarray,
+    linktype: int, me: int, n: int, st: SkipState,
+) -> np.ndarray:  # fmt: skip
+    """``make_skip`` for a whole buffer of records (``source.Batch``), vectorised: which ones worker ``me`` must see.
 
     The same decisions as the per-record filter, with the clock rules simulated across the buffer: a record is
     passed on when it is this worker's, off the fast path, later than the time up to which nothing can happen
@@ -235,28 +235,26 @@ def _select(
     so the worker's clock takes the latest dropped time at the end (``max_dropped``). ``st.mine``: the offsets of
     this worker's own fast-path records in the buffer, which run_shard need not hash again.
     """
-    count = len(offs)
+    count = len(at)
     owner = st.owner
     first += st.base  # position in the replay (several files)
     if linktype != 1 or count == 0 or owner is None or first + count <= st.start or st.crossed:
         st.mine.clear()
-        return range(count)  # a resumed replay passes over the records before its start: all of them, as read
-    at = np.array(offs, np.int64)
-    rows = sliding_window_view(np.frombuffer(buf + _PAD, np.uint8), _ROW)[at]  # (count, 64) bytes, one copy
-    head = rows[:, :16].view(np.dtype(order + "u4")).astype(np.int64)
-    ts = head[:, 0] * 1_000_000_000 + head[:, 1] * mult
-    caplen = head[:, 2]
+        return np.arange(count)  # a resumed replay passes over the records before its start: all of them, as read
+    if int(data_at[-1]) + _ROW > len(buf):  # the last frame is shorter than a row: read zeros past the buffer
+        buf += _PAD
+    rows = sliding_window_view(np.frombuffer(buf, np.uint8), _ROW)[data_at]  # (count, 48) bytes, one copy
     be16, be32 = np.dtype(">u2"), np.dtype(">u4")
-    total = rows[:, 32:34].view(be16)[:, 0].astype(np.int64)
-    doff = rows[:, 62].astype(np.int64)
+    total = rows[:, 16:18].view(be16)[:, 0].astype(np.int64)
+    doff = rows[:, 46].astype(np.int64)
     fast = (
-        (caplen >= 54) & (rows[:, 28:30].view(be16)[:, 0] == 0x0800) & (rows[:, 30] == 0x45) & (rows[:, 39] == 6)
-        & ((rows[:, 36:38].view(be16)[:, 0] & 0x3FFF) == 0) & (doff >= 0x50) & (20 + (doff >> 4) * 4 <= total)
+        (caplen >= 54) & (rows[:, 12:14].view(be16)[:, 0] == 0x0800) & (rows[:, 14] == 0x45) & (rows[:, 23] == 6)
+        & ((rows[:, 20:22].view(be16)[:, 0] & 0x3FFF) == 0) & (doff >= 0x50) & (20 + (doff >> 4) * 4 <= total)
         & (total + 14 <= caplen)
     )  # fmt: skip
-    addresses = rows[:, 42:46].view(be32)[:, 0].astype(np.uint64) + rows[:, 46:50].view(be32)[:, 0]
+    addresses = rows[:, 26:30].view(be32)[:, 0].astype(np.uint64) + rows[:, 30:34].view(be32)[:, 0]
     addresses = (addresses & 0xFFFFFFFF) ^ (addresses >> 32)  # an IPv4 sum carries at most one bit
-    ports = rows[:, 50:52].view(be16)[:, 0].astype(np.uint64) + rows[:, 52:54].view(be16)[:, 0]
+    ports = rows[:, 34:36].view(be16)[:, 0].astype(np.uint64) + rows[:, 36:38].view(be16)[:, 0]
     mixed = (addresses * np.uint64(_MIX_A) + ports * np.uint64(_MIX_B) + np.uint64(6)) & np.uint64(0xFFFFFFFF)
     shard = (mixed * np.uint64(n)) >> np.uint64(32)
     mine = fast & (shard == me)
@@ -299,10 +297,10 @@ def _select(
     gone = np.flatnonzero(~keep)
     if len(gone):
         st.max_dropped = max(st.max_dropped, int(ts[gone].max()))
-        st.ts, st.offset = int(ts[gone[-1]]), base + offs[int(gone[-1])]
+        st.ts, st.offset = int(ts[gone[-1]]), base + int(at[gone[-1]])
     st.mine.clear()
     st.mine.update((at[mine] + base).tolist())
-    return np.flatnonzero(keep).tolist()
+    return np.flatnonzero(keep)
 
 
 # ---------------------------------------------------------------------------------------------------------------

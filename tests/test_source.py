@@ -7,6 +7,7 @@ import struct
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sensor.source import CaptureError, Record, SourceReport, read_captures
@@ -289,6 +290,68 @@ def test_pcapng_impossible_block_length(tmp_path: Path, blen: int | str) -> None
     assert [r.data for r in recs] == frames[:2]
     assert len(_theirs(path, check=False)) == 2
     assert len(report.problems) == 1 and str(path) in report.problems[0] and f"offset {bad_off}" in report.problems[0]
+
+
+# -- the readers' filters ---------------------------------------------------------------------------------------
+def _long_pcapng(damage: str) -> bytes:
+    """300 enhanced packet blocks on two interfaces (microseconds, then nanoseconds from block 200), with one
+    damaged block at 150 unless ``damage`` is "none": the run readers must stop there and report it."""
+    o = "<"
+    frames = _frames(300)
+    b = ng_shb(o) + ng_idb(o, 1) + ng_idb(o, 1, tsresol=9)
+    for i, fr in enumerate(frames):
+        iface = 0 if i < 200 else 1
+        block = ng_epb(o, iface, (T0 // 1000 if iface == 0 else T0) + i, fr)
+        if i == 150 and damage == "trailer":
+            block = block[:-4] + struct.pack(o + "I", len(block) + 4)
+        elif i == 150 and damage == "interface":
+            block = block[:8] + struct.pack(o + "I", 7) + block[12:]
+        elif i == 150 and damage == "caplen":
+            block = block[:20] + struct.pack(o + "I", len(block)) + block[24:]
+        b += block
+    return b
+
+
+def _capture(tmp_path: Path, kind: str) -> Path:
+    if kind == "pcap":
+        path = tmp_path / "c.pcap"
+        write_pcap(path, 1, [(T0 + i * 1000, fr) for i, fr in enumerate(_frames(300))])
+        path.write_bytes(path.read_bytes()[:-30])  # the last record cut short
+        return path
+    path = tmp_path / "c.pcapng"
+    path.write_bytes(_pcapng_two_sections()[0] if kind == "sections" else _long_pcapng(kind.split("-")[1]))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["pcap", "sections", "ng-none", "ng-trailer", "ng-interface", "ng-caplen"])
+@pytest.mark.parametrize("form", ["batch", "per-record"])
+def test_filters_drop_exactly_their_records(tmp_path: Path, kind: str, form: str) -> None:
+    """A reader's filter (parallel replay's sharding) drops only the records it names, in both its forms: the
+    per-record test and the vectorised test over a buffer (pcap records, pcapng packet blocks). The records it
+    keeps, the damage reported and the counts are those of reading without a filter."""
+    path = _capture(tmp_path, kind)
+    plain, plain_report = _ours([path])
+    assert len(plain) == (7 if kind == "sections" else 150 if kind.startswith("ng-") and kind != "ng-none" else 299 if kind == "pcap" else 300)
+    assert len(plain_report.problems) == (0 if kind in ("sections", "ng-none") else 1)
+    drop = {r.offset for r in plain[::3]}
+    asked: list[int] = []
+
+    def skip(buf: bytes, at: int, caplen: int, ts: int, linktype: int, offset: int) -> bool:
+        asked.append(offset)
+        return offset in drop
+
+    if form == "batch":
+        skip.batch = lambda buf, base, first, at, data_at, ts, caplen, linktype: (  # type: ignore[attr-defined]
+            asked.extend((at + base).tolist()) or np.flatnonzero(~np.isin(at + base, list(drop)))
+        )
+    report = SourceReport()
+    kept = list(read_captures([str(path)], report, skip))
+    assert _rows(kept) == _rows([r for r in plain if r.offset not in drop])
+    assert [r.data for r in kept] == [r.data for r in plain if r.offset not in drop]
+    assert (report.records, report.bytes, report.problems) == (plain_report.records, plain_report.bytes,
+                                                               plain_report.problems)  # fmt: skip
+    assert sorted(set(asked)) == sorted(asked) and set(asked) <= {r.offset for r in plain}
+    assert drop <= set(asked)  # every dropped record was the filter's decision
 
 
 # -- not a capture at all -------------------------------------------------------------------------------------
