@@ -5,10 +5,10 @@ How the output stays byte for byte the same as ``Pipeline.run`` in one process:
 - Every worker reads every record, but the reader itself drops the Ethernet/IPv4/TCP packets of the other
   workers' flows before building them: a buffer (about a megabyte) of pcap records or pcapng enhanced packet
   blocks at a time, with the headers walked once and the flow hash computed for all of them with numpy
-  (``_select``); any other record one at a time (``make_skip``: a few struct reads, no ``Record``). Every other record is frame-decoded by
-  every worker, and sharded after IP reassembly, so fragments of one datagram go where the datagram goes. The hash
-  (``shard_of``) is symmetric in the endpoints and stable across processes (integer arithmetic, never the salted
-  ``hash()``).
+  (``_select``); any other record one at a time (``make_skip``: a few struct reads, no ``Record``). Every other
+  record is frame-decoded by every worker, and sharded after IP reassembly, so fragments of one datagram go where
+  the datagram goes. The hash (``shard_of``) is symmetric in the endpoints and stable across processes (integer
+  arithmetic, never the salted ``hash()``).
 - Every worker advances capture time on every record that decodes to a segment, exactly as
   ``FlowTable.process`` does, so idle sweeps, ticks and the end-of-capture close happen at the same records: a
   dropped record only moves the clock (``SkipState.max_dropped``); one that would start a sweep or a tick is passed on.
@@ -726,7 +726,9 @@ class _Buffer:
         return out
 
 
-def _views(bufs: list[_Buffer], w: np.ndarray, src: np.ndarray, a: np.ndarray, b: np.ndarray, runs: bool) -> list[Any]:
+def _views(
+    bufs: list[_Buffer], w: np.ndarray, src: np.ndarray, a: np.ndarray, b: np.ndarray, runs: bool
+) -> list[Any]:
     """The lines (buffer ``w``, bytes ``a:b`` of ``src``) as views, in order; with ``runs``, lines that follow
     each other in one buffer's ring or message as one view (the order of the bytes is the same)."""
     if runs and len(a) > 1:
@@ -816,7 +818,8 @@ def _release(bufs: list[_Buffer], limit: int, parent: _Parent, ctrl: mmap.mmap |
         w = np.concatenate([np.full(len(p[0]), i, np.int64) for i, p in parts])
         src, a, b = (np.concatenate([p[j] for _, p in parts]) for j in (2, 3, 4))
         if len(parts) > 1:
-            order = np.lexsort((np.concatenate([p[1] for _, p in parts]), np.concatenate([p[0] for _, p in parts])))
+            hi, c = (np.concatenate([p[j] for _, p in parts]) for j in (0, 1))
+            order = np.lexsort((c, hi))
             w, src, a, b = w[order], src[order], a[order], b[order]  # stable: within one worker its own order
         parent.events(_views(bufs, w, src, a, b, parent.chunks))
         for i, _ in parts:

@@ -367,11 +367,13 @@ def _epb_run(
         head = u8[at[:, None] + _EPB_COLS].view(order + "u4").astype(np.int64)  # length, iface, hi, lo, cap, orig
         blen, iface, caplen = head[:, 0], head[:, 1], head[:, 4]
         trailer = u8[(at + blen - 4)[:, None] + np.arange(4)].view(order + "u4")[:, 0]
-        linktype, _, mult, div, tsoff = ifaces[int(iface[0])] if int(iface[0]) < len(ifaces) else (0, 0, 0, 1, 0)
+        if int(iface[0]) >= len(ifaces):  # an undefined interface: the block-by-block path reports it
+            return frame
+        linktype, _, mult, div, tsoff = ifaces[int(iface[0])]
+        if abs(tsoff) >= 1 << 32:  # an absurd offset: nanoseconds would not fit in 64 bits
+            return frame
         raw = (head[:, 2] << 32) | head[:, 3]
         good = (blen <= MAX_RECORD) & (trailer == blen) & (iface == iface[0]) & (caplen <= blen - 32)
-        if mult == 0 or abs(tsoff) >= 1 << 32:  # an undefined interface, an absurd offset: the block-by-block path
-            return frame
         good &= (raw >= 0) & (raw < (1 << 63) // mult)  # the timestamp fits in 64 bits (else: Python ints)
         k = len(at) if good.all() else int(good.argmin())
         if k == 0:
