@@ -18,6 +18,7 @@ from sensor.cli_es import attach_es, es_summary
 from sensor.cli_rules import rule_detectors
 from sensor.config import Config, ConfigError, load_config
 from sensor.heap import retain_freed_buffers
+from sensor.model_option import model_detectors, save_learned
 from sensor.outputs.ecs import Observer
 from sensor.outputs.ndjson import NdjsonSink
 from sensor.pipeline import Outputs, Pipeline
@@ -212,10 +213,7 @@ def replay(
     detectors = rule_detectors(config, rules_paths, no_builtin_rules)
     if report_path:
         html_report.rule_pack = rule_pack_summary(detectors)
-    if model_path or model_learn or config.raw.get("model", {}).get("path"):  # issue 6: learned baseline + model
-        from sensor.cli_model import model_detectors
-
-        detectors = [*detectors, *model_detectors(config, model_path, model_learn)]
+    detectors = [*detectors, *model_detectors(config, model_path, model_learn)]  # issue 6: learned baseline + model
     workers = default_workers(files) if workers is None else workers or os.cpu_count() or 1
     ndjson = [s for s in outputs.all() if isinstance(s, NdjsonSink)]
 
@@ -269,10 +267,7 @@ def finish_replay(
 ) -> None:  # fmt: skip
     """After either replay path: the learned model, the final checkpoint, the summary."""
     stats["source_problems"] = list(report.problems)
-    if model_learn:
-        from sensor.cli_model import save_learned
-
-        save_learned(detectors, model_learn)
+    save_learned(detectors, model_learn)
     if ckpt is not None:
         try:
             ckpt.save(base + stats["packets"], {p: os.path.getsize(p) for p in paths.values() if p}, complete=True)

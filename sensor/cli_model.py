@@ -10,13 +10,13 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from detectors.anomaly import AnomalyDetector, LearnOptions, Model, ModelError, Trainer
+from detectors.anomaly import AnomalyDetector, Model, Trainer
 from detectors.anomaly.model import ALGORITHMS
 from sensor.config import Config, ConfigError, load_config
 from sensor.messages import Alert
@@ -48,35 +48,6 @@ def train_model(
     stats = run_pipeline(config, files, [trainer])
     summary = {"captures": [Path(f).name for f in files], "packets": stats["packets"], "bytes": stats["bytes"]}
     return trainer.model(false_alarms_per_day, seed, summary, algorithm), stats
-
-
-def load_model(path: str) -> Model:
-    try:
-        return Model.load(path)
-    except ModelError as e:
-        _fail(str(e))
-        raise
-
-
-def model_detectors(config: Config, path: str | None, learn_to: str | None = None) -> list[AnomalyDetector]:
-    """The anomaly detector for replay/live: from ``--model`` or the config's model.path, or nothing."""
-    path = path or config.raw.get("model", {}).get("path")
-    if not path:
-        if learn_to:
-            _fail("--model-learn needs --model")
-        return []
-    return [AnomalyDetector(load_model(path), LearnOptions() if learn_to else None)]
-
-
-def save_learned(detectors: Iterable[Any], learn_to: str | None) -> None:
-    """After a replay with slow learning: write the updated model and say what it learned."""
-    if not learn_to:
-        return
-    for d in detectors:
-        if isinstance(d, AnomalyDetector) and d.learner is not None:
-            d.model.save(learn_to)
-            click.echo(f"model: learned {len(d.learner.learned)} item(s), {len(d.learner.candidates)} on probation; "
-                       f"saved to {learn_to}", err=True)  # fmt: skip
 
 
 @click.command()

@@ -38,9 +38,9 @@ def replay_file(
     """One task: replay one capture into its own NDJSON files (and Elasticsearch); its stats."""
     from sensor.cli import observer_from, tune_gc
     from sensor.cli_es import es_settings
-    from sensor.cli_model import model_detectors
     from sensor.cli_rules import rule_detectors
     from sensor.config import load_config
+    from sensor.model_option import model_detectors
     from sensor.outputs.ndjson import NdjsonSink
     from sensor.pipeline import Outputs, Pipeline
     from sensor.source import SourceReport, read_captures
