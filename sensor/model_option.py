@@ -6,7 +6,6 @@ code (0.07 s of its start); the model code is imported when a model is asked for
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,9 +14,10 @@ import click
 from sensor.config import Config
 
 
-def _fail(reason: str, code: int = 2) -> None:
-    click.echo(f"ics-sensor: error: {reason}", err=True)
-    sys.exit(code)
+def _fail(reason: str) -> None:
+    from sensor.cli import fail  # the CLI's one error exit (imported here: sensor.cli imports this module)
+
+    fail(reason)
 
 
 def load_model(path: str) -> Any:
