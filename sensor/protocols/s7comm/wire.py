@@ -50,8 +50,12 @@ def _text(b: bytes) -> str:
     return b.split(b"\x00", 1)[0].decode("latin-1").strip()
 
 
+_PRINTABLE = bytes(range(0x20, 0x7F))
+
+
 def _printable(b: bytes) -> str | None:
-    return b.decode("latin-1") if b and all(0x20 <= c < 0x7F for c in b) else None
+    """The text of bytes that are all printable ASCII (deleting those leaves nothing), else None."""
+    return b.decode("latin-1") if b and not b.translate(None, _PRINTABLE) else None
 
 
 # -- COTP (ISO 8073 section 13.3 CR/CC, 13.5 DR, 13.6 DC) -----------------------------------------------------
@@ -101,7 +105,7 @@ def cotp_connection(code: int, tp: bytes, li: int, from_client: bool, f: Fields)
 # -- Read/Write Var (s7comm_decode_param_item, s7comm_decode_response_read_data) --------------------------
 _ITEM_FIELDS = ("syntax_id", "syntax_name", "transport_size", "transport_size_name", "length", "db_number", "area",
                 "area_name", "area_short", "address", "bit_address")  # fmt: skip
-_ITEMS_MEMO: dict[tuple[bytes, int], tuple[Problem, tuple[list[Any], ...]]] = {}
+_ITEMS_MEMO: dict[tuple[bytes, int], tuple[Problem, Fields]] = {}
 _ITEMS_MEMO_MAX = 1024  # distinct request parameters remembered (a polling client repeats a few)
 _ITEMS_MEMO_BYTES = 256  # longer parameters are decoded every time
 
@@ -110,21 +114,21 @@ def items(param: bytes, f: Fields, limit: int) -> Problem:
     """Request items after the function code and item count.
 
     A pure function of the parameter bytes: pollers repeat the same requests, so results are remembered
-    (bounded) and each message gets fresh copies of the lists.
+    (bounded) as ready fields, and messages of the same parameter share their lists (fields are read-only
+    once emitted, as documents are).
     """
     f["item_count"] = param[1]
     key = (param, limit)
     hit = _ITEMS_MEMO.get(key)
     if hit is None:
-        hit = _items(param, limit)
+        problem, cols = _items(param, limit)
+        hit = problem, dict(zip(_ITEM_FIELDS, cols, strict=False))  # 2 columns without S7ANY items
         if len(param) <= _ITEMS_MEMO_BYTES:
             if len(_ITEMS_MEMO) >= _ITEMS_MEMO_MAX:
                 _ITEMS_MEMO.clear()
             _ITEMS_MEMO[key] = hit
-    problem, cols = hit
-    for name, col in zip(_ITEM_FIELDS, cols, strict=False):  # 2 columns without S7ANY items
-        f[name] = col.copy()
-    return problem
+    f.update(hit[1])
+    return hit[0]
 
 
 def _items(param: bytes, limit: int) -> tuple[Problem, tuple[list[Any], ...]]:
@@ -188,26 +192,26 @@ def _items(param: bytes, limit: int) -> tuple[Problem, tuple[list[Any], ...]]:
     return problem, (sids, snames, tsz, tnames, lens, dbs, areas, anames, ashorts, addrs, bits)
 
 
-_DATA_MEMO: dict[tuple[bytes, int, int], tuple[Problem, tuple[list[Any], ...]]] = {}
+_DATA_MEMO: dict[tuple[bytes, int, int], tuple[Problem, Fields]] = {}
+_DATA_FIELDS = ("return_code", "return_code_name", "data_transport_size", "data_item_length", "values")
 
 
 def data_items(data: bytes, count: int, f: Fields, limit: int) -> Problem:
     """Data items (write request, read answer): return code, transport size, length, value, fill byte.
 
-    Remembered like the request items (polled values seldom change); each message gets fresh lists.
+    Remembered like the request items (polled values seldom change), as ready fields shared by messages.
     """
     key = (data, count, limit)
     hit = _DATA_MEMO.get(key)
     if hit is None:
-        hit = _data_items(data, count, limit)
+        problem, cols = _data_items(data, count, limit)
+        hit = problem, dict(zip(_DATA_FIELDS, cols, strict=True))
         if len(data) <= _ITEMS_MEMO_BYTES:
             if len(_DATA_MEMO) >= _ITEMS_MEMO_MAX:
                 _DATA_MEMO.clear()
             _DATA_MEMO[key] = hit
-    problem, cols = hit
-    f["return_code"], f["return_code_name"], f["data_transport_size"], f["data_item_length"], f["values"] = (
-        cols[0].copy(), cols[1].copy(), cols[2].copy(), cols[3].copy(), cols[4].copy())  # fmt: skip
-    return problem
+    f.update(hit[1])
+    return hit[0]
 
 
 def _data_items(data: bytes, count: int, limit: int) -> tuple[Problem, tuple[list[Any], ...]]:
