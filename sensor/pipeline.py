@@ -110,7 +110,9 @@ class Pipeline:
         else:
             assert isinstance(m, Anomaly)
             c.decode_errors[m.name] = c.decode_errors.get(m.name, 0) + 1
-            if self.outputs.events:
+            if self._events_json:
+                self._events.append(self.mapper.anomaly_json(m))
+            elif self.outputs.events:
                 self._events.append(self.mapper.anomaly(m))
         for d in self.detectors:
             for a in d.on_message(m):

@@ -42,6 +42,13 @@ _sec_cache: dict[int, str] = {}
 _slugs: dict[Any, str] = {}
 
 
+_DECODE_ERROR = {
+    "kind": "event", "category": ["network"], "type": ["error", "protocol"], "module": MODULE,
+    "dataset": EVENT_DATASET, "action": "decode_error", "outcome": "failure",
+}  # fmt: skip
+_DECODE_ERROR_EVENT = b'Z","event":' + orjson.dumps(_DECODE_ERROR) + b',"error":'
+
+
 def _slug(value: Any) -> str:
     """ECS event.action style: "Read Holding Registers" -> "read-holding-registers" (cached: few values)."""
     s = _slugs.get(value)
@@ -191,6 +198,53 @@ class EcsMapper:
             b'},"source":' + server + b',"destination":' + client + rest + b',"ics":',
         )
 
+    def _flow_part(self, flow: FlowInfo, from_client: bool, protocol: str) -> bytes:
+        """The cached ``_flow_json`` part of one direction (both are cached at once)."""
+        cache = self._json_cache
+        if len(cache) > JSON_CACHE_ENTRIES:
+            cache.clear()
+        to_server, to_client = self._flow_json(flow, protocol)
+        cache[(flow.flow_id, True, protocol, flow.client_ip)] = to_server
+        cache[(flow.flow_id, False, protocol, flow.client_ip)] = to_client
+        return to_server if from_client else to_client
+
+    def _head_json(self, sec: int) -> bytes:
+        """'{"@timestamp":"YYYY-MM-DDTHH:MM:SS.' of a line, cached per second."""
+        head = self._ts_json.get(sec)
+        if head is None:
+            if len(self._ts_json) > 4096:
+                self._ts_json.clear()
+            head = self._ts_json[sec] = b'{"@timestamp":"' + _second(sec).encode() + b"."
+        return head
+
+    def _tail_of(self, file: str | None) -> bytes:
+        """The end of a line: log.file.path of the capture (none live), then the closing braces."""
+        tail = self._tail_json.get(file)
+        if tail is None:
+            if len(self._tail_json) > 1024:
+                self._tail_json = {None: b"}\n"}
+            tail = self._tail_json[file] = b',"log":{"file":{"path":' + orjson.dumps(file) + b"}}}\n"
+        return tail
+
+    def anomaly_json(self, a: Anomaly) -> bytes:
+        """``anomaly(a)`` serialised as one NDJSON line, from the same cached parts as ``message_json`` (a test
+        checks they are equal). Decode errors can come by the tens of thousands a minute from one broken peer."""
+        flow = a.flow
+        if flow is None:
+            return orjson.dumps(self.anomaly(a), option=orjson.OPT_APPEND_NEWLINE)
+        protocol = a.protocol
+        fb = self._json_cache.get((flow.flow_id, a.from_client, protocol, flow.client_ip))
+        if fb is None:
+            fb = self._flow_part(flow, a.from_client, protocol)
+        pk = a.packet
+        ics = {"frame": pk.frame, "record_offset": pk.offset}
+        if a.fields:
+            ics[protocol] = a.fields
+        error = orjson.dumps({"code": a.name, "message": a.reason, "type": "protocol_anomaly"})[:-1]  # open
+        sec, frac = divmod(a.ts, 1_000_000_000)
+        return b"".join((self._head_json(sec), b"%09d" % frac, _DECODE_ERROR_EVENT, error, fb, orjson.dumps(ics),
+                         self._tail_of(pk.file)))  # fmt: skip
+
     def message_json(self, m: Message) -> bytes:
         """``message(m)`` serialised as one NDJSON line, without building the document.
 
@@ -204,15 +258,9 @@ class EcsMapper:
         flow = m.flow
         from_client = m.from_client
         cache = self._json_cache
-        fkey = (flow.flow_id, from_client, protocol, flow.client_ip)
-        fb = cache.get(fkey)
+        fb = cache.get((flow.flow_id, from_client, protocol, flow.client_ip))
         if fb is None:
-            if len(cache) > JSON_CACHE_ENTRIES:
-                cache.clear()
-            to_server, to_client = self._flow_json(flow, protocol)
-            cache[(flow.flow_id, True, protocol, flow.client_ip)] = to_server
-            cache[(flow.flow_id, False, protocol, flow.client_ip)] = to_client
-            fb = to_server if from_client else to_client
+            fb = self._flow_part(flow, from_client, protocol)
         field = self._action_fields.get(protocol)
         action = f.get(field) if field else None
         if f.get("is_exception") or f.get("is_error"):
@@ -226,15 +274,11 @@ class EcsMapper:
         sec, frac = divmod(m.ts, 1_000_000_000)
         head = self._ts_json.get(sec)
         if head is None:
-            if len(self._ts_json) > 4096:
-                self._ts_json.clear()
-            head = self._ts_json[sec] = b'{"@timestamp":"' + _second(sec).encode() + b"."
+            head = self._head_json(sec)
         pk = m.packet
         tail = self._tail_json.get(pk.file)
         if tail is None:
-            if len(self._tail_json) > 1024:
-                self._tail_json = {None: b"}\n"}
-            tail = self._tail_json[pk.file] = b',"log":{"file":{"path":' + orjson.dumps(pk.file) + b"}}}\n"
+            tail = self._tail_of(pk.file)
         # One join of cached parts (bytes %-formatting grows its buffer piece by piece, join sizes it once); the
         # frame and offset ride in the protocol fields' orjson call rather than being formatted apart.
         ics = orjson.dumps({protocol: f, "frame": pk.frame, "record_offset": pk.offset})
@@ -245,10 +289,7 @@ class EcsMapper:
     def anomaly(self, a: Anomaly) -> Document:
         doc: Document = {
             "@timestamp": timestamp(a.ts),
-            "event": {
-                "kind": "event", "category": ["network"], "type": ["error", "protocol"], "module": MODULE,
-                "dataset": EVENT_DATASET, "action": "decode_error", "outcome": "failure",
-            },
+            "event": dict(_DECODE_ERROR, category=["network"], type=["error", "protocol"]),
             "error": {"code": a.name, "message": a.reason, "type": "protocol_anomaly"},
         }  # fmt: skip
         if a.flow is not None:
