@@ -382,6 +382,9 @@ class _LineSink:
         dumps = orjson.dumps
         self.lines += [d if type(d) is bytes else dumps(d, option=_NL) for d in batch]
 
+    def write_lines(self, lines: list[bytes]) -> None:
+        self.lines += lines
+
     def flush(self) -> None:
         pass
 

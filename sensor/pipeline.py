@@ -133,8 +133,12 @@ class Pipeline:
 
     def _flush_events(self) -> None:
         batch, self._events = self._events, []
-        for s in self.outputs.events:
-            s.write(batch)
+        if self._events_json:  # every entry is a ready line: no per-line check in the sink
+            for s in self.outputs.events:
+                s.write_lines(batch)
+        else:
+            for s in self.outputs.events:
+                s.write(batch)
 
     def _flush_alerts(self) -> None:
         batch, self._alerts = self._alerts, []

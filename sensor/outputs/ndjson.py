@@ -17,7 +17,7 @@ IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024
 
 
 class NdjsonSink:
-    accepts_json = True  # the pipeline may hand it ready NDJSON lines (bytes) instead of documents
+    accepts_json = True  # the pipeline may hand it ready NDJSON lines (write_lines) instead of documents
 
     def __init__(self, path: str, resume_at: int | None = None) -> None:
         self.path = path
@@ -42,9 +42,12 @@ class NdjsonSink:
         return self.f.tell()
 
     def write(self, batch: list[Document]) -> None:
-        assert self.f is not None
         dumps = orjson.dumps
-        lines = [d if type(d) is bytes else dumps(d, option=_OPTS) for d in batch]
+        self.write_lines([d if type(d) is bytes else dumps(d, option=_OPTS) for d in batch])
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Ready NDJSON lines (what the pipeline hands a sink that ``accepts_json``)."""
+        assert self.f is not None
         if len(lines) >= WRITEV_MIN:  # a pipeline batch: one writev, no joined copy of a megabyte
             self.write_views(lines)
         else:
