@@ -13,6 +13,7 @@ import struct
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -230,9 +231,13 @@ def _built(
     """The records of a run (offsets ``at``, frames ``hdr`` bytes in) that ``batch`` keeps, built from the arrays."""
     data_at = at + hdr
     idx = batch(buf, base, first, at, data_at, ts, caplen, linktype)
-    for i, a, d, t, n, w in zip(idx.tolist(), at[idx].tolist(), data_at[idx].tolist(), ts[idx].tolist(),
-                                caplen[idx].tolist(), wirelen[idx].tolist(), strict=True):  # fmt: skip
-        yield Record(path, first + i + 1, base + a, t, linktype, buf[d : d + n], w)
+    if not len(idx):
+        return
+    d = data_at[idx]
+    # Built by map, with no Python-level loop body: the columns, then one Record per kept row.
+    datas = map(buf.__getitem__, map(slice, d.tolist(), (d + caplen[idx]).tolist()))
+    yield from map(Record, repeat(path), (idx + (first + 1)).tolist(), (at[idx] + base).tolist(), ts[idx].tolist(),
+                   repeat(linktype), datas, wirelen[idx].tolist())  # fmt: skip
 
 
 def _tsresol_to_ns(v: int) -> tuple[int, int]:
