@@ -253,6 +253,23 @@ def test_scoring_in_blocks_bounds_memory_and_keeps_every_score(monkeypatch: pyte
     assert np.array_equal(forest.score(sk_rows), whole)
 
 
+@pytest.mark.parametrize(("points", "k", "rows"), [(4358, 5, 1), (1439, 5, 3), (600, 7, 40), (5, 5, 2), (3, 3, 1)])
+def test_knn_score_is_the_numpy_formula_bit_for_bit(points: int, k: int, rows: int) -> None:
+    """The scorer calls the ufuncs and methods behind sum, partition and mean itself (their Python wrappers cost
+    a third of a one-row score): the float32 scores must be exactly numpy's formula, not merely close, so a
+    model's alerts do not move. With as many points as k there is nothing to partition."""
+    rng = np.random.default_rng(points)
+    knn = Knn.fit(rng.normal(size=(points, 12)), np.zeros(12), np.full(12, 1.3), k)
+    x = rng.normal(scale=2.0, size=(rows, 12))
+    q = ((x - knn.center) / knn.scale).astype(np.float32)
+    d = np.sqrt(np.maximum((q * q).sum(1)[:, None] + (knn.points * knn.points).sum(1)[None, :] - 2.0 * q @ knn.points.T, 0.0))
+    near = np.partition(d, knn.k - 1, axis=1)[:, : knn.k] if d.shape[1] > knn.k else d
+    want = near.mean(axis=1)
+    got = knn.score(x)
+    assert got.dtype == want.dtype == np.float32
+    assert np.array_equal(got, want)
+
+
 def test_topic_patterns_and_matching() -> None:
     topics = [f"site/line{i}/temp" for i in range(6)] + ["site/7/status", "site/8/status", "alarms"]
     pats = topic_patterns(topics)

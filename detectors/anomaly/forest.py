@@ -24,6 +24,9 @@ KNN_DISTANCES = 1 << 21  # distances per block: 8 MB of float32
 FOREST_ROWS = 4096  # rows per block: 3 MB per (rows, trees) array of 100 trees
 
 
+_add_reduce = np.add.reduce
+
+
 def in_blocks(score: Callable[[np.ndarray], np.ndarray], x: np.ndarray, rows: int) -> np.ndarray:
     if len(x) <= rows:
         return score(x)
@@ -199,12 +202,18 @@ class Knn:
         return in_blocks(self._score, np.asarray(x, dtype=np.float64), max(1, KNN_DISTANCES // len(self.points)))
 
     def _score(self, x: np.ndarray) -> np.ndarray:
+        """Mean distance to the k nearest training windows. Called once per group and window, mostly with one
+        row, so numpy's Python-level wrappers (sum, partition, mean) are called as the ufuncs and methods they
+        run: the same operations in the same order, so the same float32 numbers."""
         q = ((x - self.center) / self.scale).astype(np.float32)
-        d2 = (q * q).sum(1)[:, None] + self._squares()[None, :] - 2.0 * q @ self.points.T
-        d = np.sqrt(np.maximum(d2, 0.0))
+        d2 = _add_reduce(q * q, 1)[:, None] + self._squares()[None, :] - 2.0 * q @ self.points.T
+        d = np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2)
         k = self.k
-        near = np.partition(d, k - 1, axis=1)[:, :k] if d.shape[1] > k else d
-        return near.mean(axis=1)
+        if d.shape[1] > k:
+            d.partition(k - 1, axis=1)  # in place: d is this call's own array
+            d = d[:, :k]
+        s = _add_reduce(d, 1)
+        return np.true_divide(s, np.intp(d.shape[1]), out=s, casting="unsafe")  # ndarray.mean's own steps
 
     def _squares(self) -> np.ndarray:
         """Squared norms of the training points, computed once: most of a score's cost otherwise (scored per
