@@ -380,9 +380,10 @@ class _LineSink:
 
     def write(self, batch: list[Any]) -> None:
         dumps = orjson.dumps
-        self.lines += [d if type(d) is bytes else dumps(d, option=_NL) for d in batch]
+        self.write_lines([d if type(d) is bytes else dumps(d, option=_NL) for d in batch])
 
     def write_lines(self, lines: list[bytes]) -> None:
+        """What the pipeline calls: it serialises events itself for a sink that ``accepts_json``."""
         self.lines += lines
 
     def flush(self) -> None:
