@@ -67,8 +67,10 @@ def _pos(mark: yaml.Mark) -> Pos:
     return Pos((mark.line + 1, mark.column + 1))
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe loading only; the subclass exists so we never register anything on yaml.SafeLoader itself."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe loading only; the subclass exists so we never register anything on yaml.SafeLoader itself. libyaml's
+    parser where PyYAML has it (its nodes carry the same line and column marks): a rule pack parses in a tenth
+    of the time, which every replay, live start and SIGHUP reload pays."""
 
 
 @dataclass(frozen=True, slots=True)
