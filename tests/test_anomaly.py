@@ -354,3 +354,27 @@ def test_register_memory_per_block_matches_per_register(monkeypatch: pytest.Monk
     # step 2: register 1 seen (2 -> 5); step 3: both seen, unchanged; steps 4-5: new registers evict the oldest
     assert (w.values_read, w.values_changed, tracker.evicted) == (3, 1, 3)
     assert len(tracker.last_values) == 4
+
+
+def test_replay_with_a_model_is_the_same_with_workers(tmp_path: Path) -> None:
+    """``replay --model --workers N``: the model runs in the parent on the merged messages, so its alerts (baseline
+    deviations and scored windows, a threshold set low so windows do alert) and the events are byte for byte those
+    of one process, with the rule pack's alerts among them."""
+    import subprocess
+    import sys
+
+    model, _ = train_model(load_config(None), [str(TRAIN)], WINDOW, false_alarms_per_day=5000)
+    model.save(tmp_path / "m.npz")
+    outs = {}
+    for w in (1, 2, 4):
+        al, ev = tmp_path / f"al{w}.ndjson", tmp_path / f"ev{w}.ndjson"
+        run = subprocess.run(
+            [sys.executable, "-m", "sensor.cli", "replay", str(ATTACKS), "--model", str(tmp_path / "m.npz"),
+             "--alerts", str(al), "--events", str(ev), "--workers", str(w), "-q"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        outs[w] = (al.read_bytes(), ev.read_bytes())
+    rulesets = [json.loads(line)["rule"]["ruleset"] for line in outs[1][0].splitlines()]
+    assert {"model", "baseline", "rules"} <= set(rulesets), rulesets
+    assert outs[2] == outs[1] and outs[4] == outs[1]
