@@ -289,7 +289,7 @@ class EcsMapper:
     def anomaly(self, a: Anomaly) -> Document:
         doc: Document = {
             "@timestamp": timestamp(a.ts),
-            "event": dict(_DECODE_ERROR, category=["network"], type=["error", "protocol"]),
+            "event": dict(_DECODE_ERROR),  # a copy: the lists shared, as _event's copies share theirs
             "error": {"code": a.name, "message": a.reason, "type": "protocol_anomaly"},
         }  # fmt: skip
         if a.flow is not None:
