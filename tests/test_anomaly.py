@@ -270,6 +270,51 @@ def test_knn_score_is_the_numpy_formula_bit_for_bit(points: int, k: int, rows: i
     assert np.array_equal(got, want)
 
 
+def test_knn_below_never_says_below_when_the_score_is_above() -> None:
+    """``Knn.below`` lets a window skip scoring when its distances to k earlier neighbours, computed exactly, bound
+    the float32 score from above. At a threshold one float step under the score it must say False, for the row's
+    own nearest windows (where the exact mean and the float32 score differ only by rounding: without the slack
+    for it this fails) and for another row's; a little above the score it says True."""
+    rng = np.random.default_rng(11)
+    knn = Knn.fit(rng.normal(size=(3000, 12)) * rng.uniform(0.5, 20, 12), np.zeros(12), np.full(12, 2.0), 5)
+    x = rng.normal(scale=8.0, size=(300, 12))
+    scores, near = knn.score_near(x)
+    assert np.array_equal(scores, knn.score(x))
+    for i, row in enumerate(x.tolist()):
+        s = float(scores[i])
+        assert not knn.below(row, float(np.nextafter(s, -np.inf)), near[i]), i
+        assert not knn.below(row, float(np.nextafter(s, -np.inf)), near[i - 1]), i
+        assert knn.below(row, s * 1.001, near[i]), i
+
+
+def test_windows_skipped_by_the_bound_alert_exactly_as_scored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's alerts (scores and explanations included) with windows skipped by ``Knn.below`` are those of
+    scoring every window; the threshold is set low so that windows alert."""
+    model_bytes = {}
+    model, _ = train_model(load_config(None), [str(TRAIN)], WINDOW, false_alarms_per_day=5000)
+    calls = {"below": 0, "skipped": 0}
+    real_below = Knn.below
+
+    def counting(self: Knn, x: list[float], threshold: float, near: Any) -> bool:
+        r = real_below(self, x, threshold, near)
+        calls["below"] += 1
+        calls["skipped"] += r
+        return r
+
+    for label in ("bound", "every window"):
+        if label == "every window":
+            monkeypatch.setattr(Knn, "below", lambda *a: False)
+        else:
+            monkeypatch.setattr(Knn, "below", counting)
+        alerts: list[Alert] = []
+        d = AnomalyDetector(model)
+        run_pipeline(load_config(None), [str(ATTACKS)], [d], alerts.append)
+        model_bytes[label] = [(a.rule_id, a.ts, a.score, a.explanation) for a in alerts]
+    assert any(r == "ICS-MODEL-WINDOW" for r, *_ in model_bytes["bound"])
+    assert calls["skipped"] > calls["below"] // 2 > 0, calls
+    assert model_bytes["bound"] == model_bytes["every window"]
+
+
 def test_topic_patterns_and_matching() -> None:
     topics = [f"site/line{i}/temp" for i in range(6)] + ["site/7/status", "site/8/status", "alarms"]
     pats = topic_patterns(topics)

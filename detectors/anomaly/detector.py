@@ -14,6 +14,7 @@ import numpy as np
 
 from detectors.anomaly.baseline import Baseline, Deviation, clock, span_words, topic_patterns
 from detectors.anomaly.features import FEATURE_NAMES, Pair, Window, WindowTracker, pair_of, pair_str
+from detectors.anomaly.forest import Knn, Near
 from detectors.anomaly.model import Model, build_groups, library_versions
 from detectors.rules.attack import technique_names
 from sensor.messages import Alert, Anomaly, Message
@@ -22,6 +23,7 @@ PROTOCOLS = frozenset({"modbus", "s7comm", "mqtt"})
 ATTACK_VERSION = "18"
 LOG_FEATURES = {"requests", "iat_mean", "bytes", "write_value_delta"}  # stored as log(1+x), shown as x
 MAX_SUPPRESSED = 100_000
+MAX_NEAR = 50_000  # cached nearest training windows of pairs (cleared when full)
 
 
 class _Windowed:
@@ -175,10 +177,13 @@ class AnomalyDetector(_Windowed):
         self.repeat_ns = int(repeat_seconds * 1e9)
         self.use_baseline = use_baseline
         self.use_model = use_model
-        self.suppressed: OrderedDict[str, int] = OrderedDict()  # dedup key -> capture time until which repeats are dropped
+        self.suppressed: OrderedDict[str, int] = (
+            OrderedDict()
+        )  # dedup key -> capture time until which repeats are dropped
         self.repeats = 0
         self.last: OrderedDict[Pair, Message] = OrderedDict()  # FIFO caps: see WindowTracker.last_values
         self.windows_scored = 0
+        self.near: dict[Pair, Near] = {}  # pair -> its last scored window's nearest training windows (a cache)
         self._names: dict[tuple[str, ...], dict[str, Any]] = {}
         span = model.baseline.last_ns - model.baseline.first_ns
         self.span = span_words(span)
@@ -267,8 +272,20 @@ class AnomalyDetector(_Windowed):
                 by_group.setdefault(g.key, []).append((p, w.vector(secs)))
         for key, items in by_group.items():
             g = self.model.groups[key]
-            scores = g.forest.score(np.asarray([x for _, x in items]))
             self.windows_scored += len(items)
+            if isinstance(g.forest, Knn):
+                # Skipped when every row is bounded below the threshold by its pair's last nearest neighbours.
+                # Otherwise every row is scored, in one batch as before: a row's float32 score can differ in its
+                # last bits with the batch's size (matrix product kernels), and the alerts print it.
+                near = self.near
+                if all((n := near.get(p)) is not None and g.forest.below(x, g.threshold, n) for p, x in items):
+                    continue
+                scores, found = g.forest.score_near(np.asarray([x for _, x in items]))
+                if len(near) + len(items) > MAX_NEAR:
+                    near.clear()
+                near.update(zip([p for p, _ in items], found, strict=True))
+            else:
+                scores = g.forest.score(np.asarray([x for _, x in items]))
             for (p, x), s in zip(items, scores, strict=True):
                 if s > g.threshold and self._fresh(f"model|{pair_str(p)}", end):
                     out.append(self._model_alert(p, x, float(s), g, start, end))
@@ -283,7 +300,8 @@ class AnomalyDetector(_Windowed):
                 s["learned_range"] = [round(math.expm1(v), 3) for v in s["learned_range"]]
         words = "; ".join(
             f"{s['feature']} {s['value']:g} (learned median {s['learned_median']:g}, range {s['learned_range'][0]:g}-"
-            f"{s['learned_range'][1]:g}, z {s['z']:+.1f})" for s in stand
+            f"{s['learned_range'][1]:g}, z {s['z']:+.1f})"
+            for s in stand
         )
         scope = "this pair" if g.key == pair_str(p) else f"all {p[2]} pairs (pooled)"
         when = datetime.fromtimestamp(start / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -180,6 +180,14 @@ def tail_threshold(scores: np.ndarray, rate: float, bounded: bool = True) -> flo
     return float(min(max(q, top), cap))
 
 
+@dataclass(frozen=True, slots=True)
+class Near:
+    """k training windows (float64 rows and their squared norms) near an earlier window: see ``Knn.below``."""
+
+    rows: np.ndarray
+    squares: np.ndarray
+
+
 @dataclass
 class Knn:
     """k-nearest-neighbour distance in robust-scaled feature space: the mean distance from a window to its ``k``
@@ -201,7 +209,39 @@ class Knn:
     def score(self, x: np.ndarray) -> np.ndarray:
         return in_blocks(self._score, np.asarray(x, dtype=np.float64), max(1, KNN_DISTANCES // len(self.points)))
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def score_near(self, x: np.ndarray) -> tuple[np.ndarray, list[Near]]:
+        """``score(x)`` and, per row, its k nearest training windows as a ``Near`` for ``below``."""
+        found: list[np.ndarray] = []
+        s = in_blocks(
+            lambda b: self._score(b, found), np.asarray(x, dtype=np.float64), max(1, KNN_DISTANCES // len(self.points))
+        )
+        pts = self.points
+        near = [self._near(pts[i]) for block in found for i in block]
+        return s, near
+
+    @staticmethod
+    def _near(rows: np.ndarray) -> Near:
+        r = rows.astype(np.float64)
+        return Near(r, _add_reduce(r * r, 1))
+
+    def below(self, x: list[float], threshold: float, near: Near) -> bool:
+        """True only if ``score([x])[0] <= threshold``, at a fraction of its cost (a window is scored per pair
+        and window, and almost every window of normal traffic is far below the threshold).
+
+        The mean distance to the k nearest training windows is at most the mean distance to any k of them, such
+        as the nearest of an earlier window of the same pair (``near``). Those k distances are computed exactly
+        (float64, by differences), then raised by a slack larger than the rounding error of ``_score``'s float32
+        arithmetic: its squared distance ``|q|^2 + |p|^2 - 2 q.p`` is within about 2e-6 (|q|^2 + |p|^2) of the
+        exact one (sums of 12 float32 terms), its square root, sum and mean add a few float32 roundings; the slack
+        is 1e-5 (|q|^2 + |p|^2) and a factor 1 + 1e-5. So when this says True, ``score`` would not exceed the
+        threshold either; when it says False, nothing is known and the caller scores the row."""
+        q = ((np.asarray(x, dtype=np.float64) - self.center) / self.scale).astype(np.float32).astype(np.float64)
+        diff = near.rows - q
+        d2 = _add_reduce(diff * diff, 1)
+        slack = 1e-5 * (near.squares + float(q @ q))
+        return float(np.sqrt(d2 + slack).mean()) * (1.0 + 1e-5) <= threshold
+
+    def _score(self, x: np.ndarray, near: list[np.ndarray] | None = None) -> np.ndarray:
         """Mean distance to the k nearest training windows. Called once per group and window, mostly with one
         row, so numpy's Python-level wrappers (sum, partition, mean) are called as the ufuncs and methods they
         run: the same operations in the same order, so the same float32 numbers."""
@@ -209,6 +249,10 @@ class Knn:
         d2 = _add_reduce(q * q, 1)[:, None] + self._squares()[None, :] - 2.0 * q @ self.points.T
         d = np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2)
         k = self.k
+        if near is not None:  # which points are the k nearest (before d is partitioned in place)
+            near.append(
+                np.argpartition(d, k - 1, axis=1)[:, :k] if d.shape[1] > k else np.tile(np.arange(k), (len(d), 1))
+            )
         if d.shape[1] > k:
             d.partition(k - 1, axis=1)  # in place: d is this call's own array
             d = d[:, :k]
