@@ -71,7 +71,7 @@ from sensor.messages import Alert, Anomaly, Message, PacketRef
 from sensor.outputs.base import Document
 from sensor.outputs.ecs import Observer
 from sensor.outputs.ndjson import NdjsonSink, write_all
-from sensor.pipeline import BATCH, TICK_NS, Outputs, Pipeline
+from sensor.pipeline import BATCH, DETECT_BATCH, TICK_NS, Outputs, Pipeline, run_detectors
 from sensor.source import NEVER_TS, CaptureError, Record, Skip, SourceReport, read_captures
 
 Msg = Message | Anomaly
@@ -778,20 +778,20 @@ class _Parent:
             s.write(batch)
 
     def detect(self, items: list[tuple[int, int, Any]]) -> None:
-        detectors = self.detectors
+        """The detectors over the merged messages and ticks (int: capture time reached a new second), as one
+        process runs them (pipeline.run_detectors)."""
+        batch: list[Any] = []
         for _hi, _c, obj in items:
-            if type(obj) is int:  # a tick: capture time reached a new second
-                for d in detectors:
-                    for a in d.on_time(obj):
-                        self.alert(a)
-                continue
             if type(obj) is tuple:
                 vals = list(obj)
                 vals[_PACKET_AT] = PacketRef(*vals[_PACKET_AT])
                 obj = Message(*vals)
-            for d in detectors:
-                for a in d.on_message(obj):
-                    self.alert(a)
+            batch.append(obj)
+            if len(batch) >= DETECT_BATCH:
+                run_detectors(self.detectors, batch, self.alert)
+                batch = []
+        if batch:
+            run_detectors(self.detectors, batch, self.alert)
 
     def alert(self, a: Alert) -> None:
         self.alerts += 1

@@ -25,6 +25,40 @@ from sensor.source import Record
 
 BATCH = 2048
 TICK_NS = 1_000_000_000
+DETECT_BATCH = 512  # messages and ticks handed to the detectors at once: see run_detectors
+
+
+def run_detectors(detectors: list[Detector], items: list[Any], alert: Callable[[Alert], None]) -> None:
+    """Each detector over a whole batch of messages and ticks (int capture times), one detector after the other.
+
+    Why: called message by message, each detector found its state evicted from the CPU caches by the decoders
+    and the other detectors; over a batch it stays hot. Measured on the held-out scenario capture in one
+    process: the anomaly model cost 2.2 s called per message, 1.4 s over batches of 512. Detectors share no
+    state, so only the order of their alerts could change, and it does not: they are handed to ``alert`` as one
+    detector after the other per message would (message order, then detector order). A detector's iterable of
+    alerts is taken at once, so a generator runs at its turn, as before."""
+    if len(detectors) == 1:
+        d = detectors[0]
+        on_message, on_time = d.on_message, d.on_time
+        for x in items:
+            for a in on_time(x) if type(x) is int else on_message(x):
+                alert(a)
+        return
+    found: list[tuple[int, int, list[Alert]]] = []
+    for j, d in enumerate(detectors):
+        on_message, on_time = d.on_message, d.on_time
+        for i, x in enumerate(items):
+            out = on_time(x) if type(x) is int else on_message(x)
+            if out and (got := list(out)):
+                found.append((i, j, got))
+    found.sort(key=_position)
+    for _, _, got in found:
+        for a in got:
+            alert(a)
+
+
+def _position(f: tuple[int, int, list[Alert]]) -> tuple[int, int]:
+    return f[0], f[1]
 
 
 @dataclass
@@ -88,6 +122,7 @@ class Pipeline:
         self._events: list[dict[str, Any]] = []
         self._alerts: list[dict[str, Any]] = []
         self._next_tick = 0
+        self._pending: list[Any] = []  # messages and ticks not yet seen by the detectors (_detect)
         # Every event sink takes ready NDJSON lines: serialise without building documents (the hot path).
         self._events_json = bool(self.outputs.events) and all(
             getattr(s, "accepts_json", False) for s in self.outputs.events
@@ -114,9 +149,11 @@ class Pipeline:
                 self._events.append(self.mapper.anomaly_json(m))
             elif self.outputs.events:
                 self._events.append(self.mapper.anomaly(m))
-        for d in self.detectors:
-            for a in d.on_message(m):
-                self._alert(a)
+        if self.detectors:
+            pending = self._pending
+            pending.append(m)
+            if len(pending) >= DETECT_BATCH:
+                self._detect()
         if len(self._events) >= BATCH:
             self._flush_events()
 
@@ -155,9 +192,16 @@ class Pipeline:
         self._next_tick = ts + TICK_NS
         if self.assets is not None:
             self._write_assets(self.assets.due(ts))
-        for d in self.detectors:
-            for a in d.on_time(ts):
-                self._alert(a)
+        if self.detectors:
+            self._pending.append(ts)
+
+    def _detect(self) -> None:
+        """Hand the pending messages and ticks to the detectors (run_detectors). Done at every DETECT_BATCH, at
+        the end of every ``run`` (live mode: every burst of packets, so alerts are not held back), before a
+        checkpoint mark and at close."""
+        items, self._pending = self._pending, []
+        if items:
+            run_detectors(self.detectors, items, self._alert)
 
     # -- driving -----------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -196,8 +240,10 @@ class Pipeline:
                     progress(packets, nbytes)
                 if mark is not None:
                     c.packets, c.bytes = packets, nbytes
+                    self._detect()
                     mark(packets)
         c.packets, c.bytes = packets, nbytes
+        self._detect()
         if rec is not None:
             c.last_ts = max(c.last_ts or 0, rec.ts)
             if c.first_ts is None:
@@ -206,6 +252,7 @@ class Pipeline:
 
     def flush_outputs(self) -> None:
         """Hand every buffered document to the sinks and have them push it out (a checkpoint follows)."""
+        self._detect()
         self._flush_events()
         self._flush_alerts()
         for s in self.outputs.all():
@@ -213,6 +260,7 @@ class Pipeline:
 
     def flush(self, extra_stats: dict[str, Any] | None = None, ts: int | None = None) -> None:
         """Live mode, about once a minute: push buffered documents and a stats document to the sinks."""
+        self._detect()
         self._flush_events()
         self._flush_alerts()
         if self.outputs.stats:
@@ -229,6 +277,7 @@ class Pipeline:
         """End of input: close flows (unanswered requests), detectors, write stats, close sinks."""
         last = self._last_packet
         self.flows.close_all(last)
+        self._detect()
         for d in self.detectors:
             for a in d.close():
                 self._alert(a)
