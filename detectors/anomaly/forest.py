@@ -10,8 +10,10 @@ the installed scikit-learn version; training does.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import sub, truediv
 
 import numpy as np
 
@@ -182,10 +184,11 @@ def tail_threshold(scores: np.ndarray, rate: float, bounded: bool = True) -> flo
 
 @dataclass(frozen=True, slots=True)
 class Near:
-    """k training windows (float64 rows and their squared norms) near an earlier window: see ``Knn.below``."""
+    """k training windows (as float lists: ``below`` is plain float arithmetic, a few numpy calls cost more) near an
+    earlier window: see ``Knn.below``."""
 
-    rows: np.ndarray
-    squares: np.ndarray
+    rows: list[list[float]]
+    slack: list[float]  # 1e-5 |row|^2: the rows' part of the slack in ``Knn.below``
 
 
 @dataclass
@@ -222,24 +225,30 @@ class Knn:
     @staticmethod
     def _near(rows: np.ndarray) -> Near:
         r = rows.astype(np.float64)
-        return Near(r, _add_reduce(r * r, 1))
+        return Near(r.tolist(), (1e-5 * _add_reduce(r * r, 1)).tolist())
 
     def below(self, x: list[float], threshold: float, near: Near) -> bool:
         """True only if ``score([x])[0] <= threshold``, at a fraction of its cost (a window is scored per pair
         and window, and almost every window of normal traffic is far below the threshold).
 
         The mean distance to the k nearest training windows is at most the mean distance to any k of them, such
-        as the nearest of an earlier window of the same pair (``near``). Those k distances are computed exactly
-        (float64, by differences), then raised by a slack larger than the rounding error of ``_score``'s float32
+        as the nearest of an earlier window of the same pair (``near``). Those k distances are computed in float64
+        by ``math.dist`` (within an ulp of exact), then raised by a slack larger than the rounding error of ``_score``'s float32
         arithmetic: its squared distance ``|q|^2 + |p|^2 - 2 q.p`` is within about 2e-6 (|q|^2 + |p|^2) of the
         exact one (sums of 12 float32 terms), its square root, sum and mean add a few float32 roundings; the slack
         is 1e-5 (|q|^2 + |p|^2) and a factor 1 + 1e-5. So when this says True, ``score`` would not exceed the
         threshold either; when it says False, nothing is known and the caller scores the row."""
-        q = ((np.asarray(x, dtype=np.float64) - self.center) / self.scale).astype(np.float32).astype(np.float64)
-        diff = near.rows - q
-        d2 = _add_reduce(diff * diff, 1)
-        slack = 1e-5 * (near.squares + float(q @ q))
-        return float(np.sqrt(d2 + slack).mean()) * (1.0 + 1e-5) <= threshold
+        c = self.__dict__.get("_cs")
+        if c is None:
+            c = self.__dict__["_cs"] = (self.center.tolist(), self.scale.tolist())
+        # (x - center) / scale in float64, then rounded to float32 (array 'f'), as _score's q
+        q = array("f", map(truediv, map(sub, x, c[0]), c[1])).tolist()
+        extra = 1e-5 * math.hypot(*q) ** 2
+        total = 0.0
+        for row, slack in zip(near.rows, near.slack, strict=True):
+            d = math.dist(row, q)  # correctly rounded to within an ulp
+            total += math.sqrt(d * d + slack + extra)
+        return total / len(near.rows) * (1.0 + 1e-5) <= threshold
 
     def _score(self, x: np.ndarray, near: list[np.ndarray] | None = None) -> np.ndarray:
         """Mean distance to the k nearest training windows. Called once per group and window, mostly with one
