@@ -177,9 +177,7 @@ class AnomalyDetector(_Windowed):
         self.repeat_ns = int(repeat_seconds * 1e9)
         self.use_baseline = use_baseline
         self.use_model = use_model
-        self.suppressed: OrderedDict[str, int] = (
-            OrderedDict()
-        )  # dedup key -> capture time until which repeats are dropped
+        self.suppressed: OrderedDict[str, int] = OrderedDict()  # dedup key -> capture time until which repeats are dropped
         self.repeats = 0
         self.last: OrderedDict[Pair, Message] = OrderedDict()  # FIFO caps: see WindowTracker.last_values
         self.windows_scored = 0
@@ -300,8 +298,7 @@ class AnomalyDetector(_Windowed):
                 s["learned_range"] = [round(math.expm1(v), 3) for v in s["learned_range"]]
         words = "; ".join(
             f"{s['feature']} {s['value']:g} (learned median {s['learned_median']:g}, range {s['learned_range'][0]:g}-"
-            f"{s['learned_range'][1]:g}, z {s['z']:+.1f})"
-            for s in stand
+            f"{s['learned_range'][1]:g}, z {s['z']:+.1f})" for s in stand
         )
         scope = "this pair" if g.key == pair_str(p) else f"all {p[2]} pairs (pooled)"
         when = datetime.fromtimestamp(start / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -215,12 +215,9 @@ class Knn:
     def score_near(self, x: np.ndarray) -> tuple[np.ndarray, list[Near]]:
         """``score(x)`` and, per row, its k nearest training windows as a ``Near`` for ``below``."""
         found: list[np.ndarray] = []
-        s = in_blocks(
-            lambda b: self._score(b, found), np.asarray(x, dtype=np.float64), max(1, KNN_DISTANCES // len(self.points))
-        )
-        pts = self.points
-        near = [self._near(pts[i]) for block in found for i in block]
-        return s, near
+        rows = max(1, KNN_DISTANCES // len(self.points))
+        s = in_blocks(lambda b: self._score(b, found), np.asarray(x, dtype=np.float64), rows)
+        return s, [self._near(self.points[i]) for block in found for i in block]
 
     @staticmethod
     def _near(rows: np.ndarray) -> Near:
@@ -233,11 +230,12 @@ class Knn:
 
         The mean distance to the k nearest training windows is at most the mean distance to any k of them, such
         as the nearest of an earlier window of the same pair (``near``). Those k distances are computed in float64
-        by ``math.dist`` (within an ulp of exact), then raised by a slack larger than the rounding error of ``_score``'s float32
-        arithmetic: its squared distance ``|q|^2 + |p|^2 - 2 q.p`` is within about 2e-6 (|q|^2 + |p|^2) of the
-        exact one (sums of 12 float32 terms), its square root, sum and mean add a few float32 roundings; the slack
-        is 1e-5 (|q|^2 + |p|^2) and a factor 1 + 1e-5. So when this says True, ``score`` would not exceed the
-        threshold either; when it says False, nothing is known and the caller scores the row."""
+        by ``math.dist`` (within an ulp of exact), then raised by a slack larger than the rounding error of
+        ``_score``'s float32 arithmetic: its squared distance ``|q|^2 + |p|^2 - 2 q.p`` is within about
+        2e-6 (|q|^2 + |p|^2) of the exact one (sums of 12 float32 terms), and its square root, sum and mean add a
+        few float32 roundings; the slack is 1e-5 (|q|^2 + |p|^2) and a factor 1 + 1e-5. So when this says True,
+        ``score`` would not exceed the threshold either; when it says False, nothing is known and the caller
+        scores the row."""
         c = self.__dict__.get("_cs")
         if c is None:
             c = self.__dict__["_cs"] = (self.center.tolist(), self.scale.tolist())
@@ -259,9 +257,8 @@ class Knn:
         d = np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2)
         k = self.k
         if near is not None:  # which points are the k nearest (before d is partitioned in place)
-            near.append(
-                np.argpartition(d, k - 1, axis=1)[:, :k] if d.shape[1] > k else np.tile(np.arange(k), (len(d), 1))
-            )
+            whole = d.shape[1] <= k
+            near.append(np.tile(np.arange(k), (len(d), 1)) if whole else np.argpartition(d, k - 1, axis=1)[:, :k])
         if d.shape[1] > k:
             d.partition(k - 1, axis=1)  # in place: d is this call's own array
             d = d[:, :k]
