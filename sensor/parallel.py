@@ -276,17 +276,15 @@ def _select(
     pos = 0
     while pos < count:
         thr = min(last_sweep + sweep_ns, next_tick - 1) if ticks else last_sweep + sweep_ns
-        later = ts[pos:] > thr
-        j = int(later.argmax())
-        if not later[j]:
+        i = _first_above(ts, pos, thr)
+        if i < 0:
             break
-        i = pos + j
         keep[i] = True
         t = int(ts[i])
         if not fast[i]:  # maybe a segment, maybe not: stop simulating, pass on all that is later than thr
-            keep[i:] |= later[j:]
+            keep[i:] |= ts[i:] > thr
             break
-        if j:
+        if i > pos:
             now = max(now, int(ts[pos:i][fast[pos:i]].max(initial=0)))
         if ticks and t >= next_tick:
             next_tick = t + TICK_NS
@@ -302,6 +300,21 @@ def _select(
     st.mine.clear()
     st.mine.update((at[mine] + base).tolist())
     return np.flatnonzero(keep)
+
+
+def _first_above(ts: np.ndarray, pos: int, thr: int) -> int:
+    """The first index from ``pos`` whose time is past ``thr``, or -1. Looked for in growing slices: a capture
+    with a tick every few packets (a plant's few polls a second) finds one within the first, where comparing the
+    whole rest of the buffer each time cost the worker that ticks time quadratic in the buffer's records."""
+    step, count = 64, len(ts)
+    while pos < count:
+        later = ts[pos : pos + step] > thr
+        j = int(later.argmax())
+        if later[j]:
+            return pos + j
+        pos += step
+        step *= 4
+    return -1
 
 
 # ---------------------------------------------------------------------------------------------------------------

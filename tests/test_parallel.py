@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -20,6 +21,7 @@ from sensor.parallel import (
     ParallelError,
     ShardPipeline,
     SkipState,
+    _first_above,
     make_skip,
     merge_stats,
     replay_parallel,
@@ -450,3 +452,15 @@ def test_rotated_and_overlapping_files_identical_with_the_readers_filter(tmp_pat
     assert len(ends[0][0]) > 100 and ends[0] == ends[1]
     stats = _same_as_one_process(files, tmp_path / "out")
     assert stats["tcp"]["evicted_idle"] >= 28
+
+
+def test_first_above_finds_what_a_scan_of_the_whole_rest_finds() -> None:
+    """The batch filter's search for the next record past a time (a sweep or tick is due there), in growing
+    slices: the same index as comparing everything from ``pos`` on, timestamps out of order included."""
+    rng = np.random.default_rng(3)
+    for n in (1, 5, 64, 65, 300, 5000):
+        ts = np.sort(rng.integers(0, 10**6, n)) + rng.integers(-2000, 2000, n) * (rng.random(n) < 0.1)
+        for pos in {0, n // 3, n - 1}:
+            for thr in (-1, int(ts[pos]), int(np.median(ts)), int(ts.max()) - 1, int(ts.max())):
+                later = np.flatnonzero(ts[pos:] > thr)
+                assert _first_above(ts, pos, thr) == (pos + int(later[0]) if len(later) else -1), (n, pos, thr)
