@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from detectors.anomaly import AnomalyDetector, LearnOptions, Model, ModelError
 from detectors.anomaly import baseline as baseline_mod
+from detectors.anomaly import detector as detector_mod
 from detectors.anomaly import features as features_mod
 from detectors.anomaly.baseline import Baseline, mqtt_match, span_words, topic_patterns, value_margin
 from detectors.anomaly.forest import Forest, Knn
@@ -301,18 +302,23 @@ def test_windows_skipped_by_the_bound_alert_exactly_as_scored(monkeypatch: pytes
         calls["skipped"] += r
         return r
 
-    for label in ("bound", "every window"):
+    for label in ("bound", "bound, cache of 2 pairs", "every window"):
         if label == "every window":
             monkeypatch.setattr(Knn, "below", lambda *a: False)
         else:
             monkeypatch.setattr(Knn, "below", counting)
+        if label == "bound, cache of 2 pairs":  # the neighbours cache is cleared when full: only speed changes
+            monkeypatch.setattr(detector_mod, "MAX_NEAR", 2)
         alerts: list[Alert] = []
         d = AnomalyDetector(model)
         run_pipeline(load_config(None), [str(ATTACKS)], [d], alerts.append)
         model_bytes[label] = [(a.rule_id, a.ts, a.score, a.explanation) for a in alerts]
+        if label == "bound, cache of 2 pairs":
+            assert len(d.near) <= 2
+            monkeypatch.setattr(detector_mod, "MAX_NEAR", 50_000)
     assert any(r == "ICS-MODEL-WINDOW" for r, *_ in model_bytes["bound"])
     assert calls["skipped"] > calls["below"] // 2 > 0, calls
-    assert model_bytes["bound"] == model_bytes["every window"]
+    assert model_bytes["bound"] == model_bytes["every window"] == model_bytes["bound, cache of 2 pairs"]
 
 
 def test_topic_patterns_and_matching() -> None:

@@ -8,6 +8,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -281,7 +282,7 @@ class AnomalyDetector(_Windowed):
                 scores, found = g.forest.score_near(np.asarray([x for _, x in items]))
                 if len(near) + len(items) > MAX_NEAR:
                     near.clear()
-                near.update(zip([p for p, _ in items], found, strict=True))
+                near.update(islice(zip([p for p, _ in items], found, strict=True), MAX_NEAR))
             else:
                 scores = g.forest.score(np.asarray([x for _, x in items]))
             for (p, x), s in zip(items, scores, strict=True):
