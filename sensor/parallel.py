@@ -8,7 +8,8 @@ How the output stays byte for byte the same as ``Pipeline.run`` in one process:
   (``_select``); any other record one at a time (``make_skip``: a few struct reads, no ``Record``). Every other
   record is frame-decoded by every worker, and sharded after IP reassembly, so fragments of one datagram go where
   the datagram goes. The hash (``shard_of``) is symmetric in the endpoints and stable across processes (integer
-  arithmetic, never the salted ``hash()``).
+  arithmetic, never the salted ``hash()``). Its 64 buckets go to the workers by a map the parent weighs on the
+  capture's first packets before forking (``weigh_shards``), so a few long connections are split evenly.
 - Every worker advances capture time on every record that decodes to a segment, exactly as
   ``FlowTable.process`` does, so idle sweeps, ticks and the end-of-capture close happen at the same records: a
   dropped record only moves the clock (``SkipState.max_dropped``); one that would start a sweep or a tick is passed on.
@@ -48,6 +49,7 @@ import bisect
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import mmap
 import multiprocessing as mp
 import os
@@ -83,6 +85,9 @@ MAX_AHEAD = 4 * BATCH  # documents buffered per worker in the parent before it s
 PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _MIX_A, _MIX_B = 0x9E3779B1, 0x85EBCA77  # odd 32-bit multipliers (golden ratio; murmur3's) for the flow hash
+BUCKETS = 64  # the flow hash's buckets; a Shards map gives each one a worker (weigh_shards)
+SAMPLE_PACKETS = 1 << 18  # packets at the head of the capture that weigh the buckets
+Shards = tuple[int, ...]  # bucket -> worker
 # Ethernet + IPv4 + TCP fields for the fast path: ethertype, version/IHL, total length, flags/fragment offset,
 # protocol, source, destination, source port, destination port, TCP data offset.
 _ETH_IP_TCP = struct.Struct("!12xHBxH2xHxB2xIIHH8xB")
@@ -111,22 +116,93 @@ class ParallelError(Exception):
     """A worker failed; the message says which and why."""
 
 
-def shard_of(src: bytes, dst: bytes, sport: int, dport: int, proto: int, n: int) -> int:
-    """Worker index of a flow: symmetric in the two endpoints, the same in every process."""
-    return _mix(int.from_bytes(src, "big") + int.from_bytes(dst, "big"), sport + dport, proto, n)
+@functools.cache
+def even_shards(n: int) -> Shards:
+    """Buckets split evenly over ``n`` workers, in order (for 2, 4, 8 workers: the top bits of the hash)."""
+    return tuple(b * n // BUCKETS for b in range(BUCKETS))
 
 
-def _mix(addresses: int, ports: int, proto: int, n: int) -> int:
+BUCKET_IDS: Shards = tuple(range(BUCKETS))  # a map that answers the bucket itself
+
+
+def shards_of(n: int | Shards) -> Shards:
+    return even_shards(n) if isinstance(n, int) else n
+
+
+def shard_of(src: bytes, dst: bytes, sport: int, dport: int, proto: int, n: int | Shards) -> int:
+    """Worker index of a flow (``n`` workers, buckets split evenly, or a ``Shards`` map): symmetric in the two
+    endpoints, the same in every process."""
+    return _mix(int.from_bytes(src, "big") + int.from_bytes(dst, "big"), sport + dport, proto, shards_of(n))
+
+
+def _mix(addresses: int, ports: int, proto: int, shards: Shards) -> int:
     """The flow hash from the sums (symmetric) of the endpoints' addresses and ports: folded to 32 bits, mixed by
-    multiplication, the top bits taken (``k * n >> 32``). XOR of the endpoints cancelled the common prefix of a
-    client and server in one subnet and split the bench captures 53/47; this splits them 50.0/50.0. Integer
-    arithmetic only, never the salted ``hash()``."""
+    multiplication, its top 6 bits the bucket (``k * BUCKETS >> 32``), which ``shards`` gives a worker. XOR of
+    the endpoints cancelled the common prefix of a client and server in one subnet and split the bench captures
+    53/47; this splits them 50.0/50.0. Integer arithmetic only, never the salted ``hash()``."""
     while addresses >> 32:  # IPv6, or an IPv4 sum's carry
         addresses = (addresses & 0xFFFFFFFF) ^ (addresses >> 32)
-    return (((addresses * _MIX_A + ports * _MIX_B + proto) & 0xFFFFFFFF) * n) >> 32
+    return shards[(((addresses * _MIX_A + ports * _MIX_B + proto) & 0xFFFFFFFF) * BUCKETS) >> 32]
 
 
-def _fast_shard(buf: bytes, at: int, caplen: int, n: int) -> int:
+def weigh_shards(files: list[str], n: int) -> Shards:
+    """A bucket map that balances the capture's head: the packets of each bucket in the first SAMPLE_PACKETS of
+    the first file, the heaviest bucket first to the least loaded worker, then the empty buckets to the workers
+    with the fewest (flows that start later spread as evenly as before).
+
+    Why: a plant's capture is often a few long connections (pollers), and a hash splits a few flows unevenly: the
+    held-out scenario capture's 8 connections went 212,000 / 69,000 packets to 2 workers; weighed, the split is
+    even when the heavy flows fall in different buckets. Every worker gets the same map (computed once, before the
+    fork), so any map gives the documents of one process. Read through the reader's vectorised filter, which
+    drops every record: about 0.1 s for the sample. A capture that cannot be read gets the even map (the workers
+    report the error)."""
+    counts = np.zeros(BUCKETS, np.int64)
+
+    def batch(
+        buf: bytes, base: int, first: int, at: np.ndarray, data_at: np.ndarray, ts: np.ndarray,
+        caplen: np.ndarray, linktype: int,
+    ) -> np.ndarray:  # fmt: skip
+        if linktype == 1 and len(at):
+            fast, mixed = _flow_hashes(buf, data_at, caplen)
+            counts[:] += np.bincount(((mixed[fast] * np.uint64(BUCKETS)) >> np.uint64(32)).astype(np.intp),
+                                     minlength=BUCKETS)  # fmt: skip
+        if first + len(at) >= SAMPLE_PACKETS:
+            raise _Sampled
+        return np.empty(0, np.intp)
+
+    seen = [0]
+
+    def skip(buf: bytes, at: int, caplen: int, ts: int, linktype: int, offset: int) -> bool:
+        k = _fast_shard(buf, at, caplen, BUCKET_IDS) if linktype == 1 else -1
+        if k >= 0:
+            counts[k] += 1
+        seen[0] += 1
+        if seen[0] >= SAMPLE_PACKETS:
+            raise _Sampled
+        return True
+
+    skip.batch = batch  # type: ignore[attr-defined]
+    try:
+        deque(read_captures(files[:1], SourceReport(), skip), 0)
+    except _Sampled:
+        pass
+    except (CaptureError, OSError):
+        return even_shards(n)
+    loads, owned, out = [0] * n, [0] * n, [0] * BUCKETS
+    for b in sorted(range(BUCKETS), key=lambda b: (-int(counts[b]), b)):
+        c = int(counts[b])
+        w = min(range(n), key=(lambda i: (loads[i], owned[i], i)) if c else (lambda i: (owned[i], loads[i], i)))
+        out[b] = w
+        loads[w] += c
+        owned[w] += 1
+    return tuple(out)
+
+
+class _Sampled(Exception):
+    """weigh_shards has read its sample."""
+
+
+def _fast_shard(buf: bytes, at: int, caplen: int, shards: Shards) -> int:
     """Worker of an Ethernet frame at ``buf[at:]`` on the fast path (IPv4 without options, not a fragment, TCP with
     sane lengths), read straight from the bytes; -1 for any other frame (FrameDecoder and segment_shard decide)."""
     if caplen < 54:
@@ -137,10 +213,10 @@ def _fast_shard(buf: bytes, at: int, caplen: int, n: int) -> int:
         or 20 + (doff >> 4) * 4 > total or total + 14 > caplen
     ):  # fmt: skip
         return -1
-    return _mix(src + dst, sport + dport, 6, n)
+    return _mix(src + dst, sport + dport, 6, shards)
 
 
-def segment_shard(seg: Segment, n: int) -> int:
+def segment_shard(seg: Segment, n: int | Shards) -> int:
     return shard_of(seg.src, seg.dst, seg.sport, seg.dport, seg.proto, n)
 
 
@@ -177,11 +253,12 @@ class SkipState:
         self.base, self.horizon, self.crossed = 0, NEVER_TS, False
 
 
-def make_skip(me: int, n: int, st: SkipState) -> Skip:
+def make_skip(me: int, n: int | Shards, st: SkipState) -> Skip:
     """The reader's filter for worker ``me`` of ``n``: drops fast-path packets of the other workers' flows
     (``_fast_shard``), unless their time matters (``st.thr``, ``st.left``)."""
 
     mine = st.mine
+    shards = shards_of(n)
 
     def skip(buf: bytes, at: int, caplen: int, ts: int, linktype: int, offset: int) -> bool:
         if linktype != 1 or ts > st.thr:
@@ -190,7 +267,7 @@ def make_skip(me: int, n: int, st: SkipState) -> Skip:
             st.crossed = True
             mine.clear()
             return False
-        k = _fast_shard(buf, at, caplen, n)
+        k = _fast_shard(buf, at, caplen, shards)
         if k < 0:
             return False
         if k == me:
@@ -209,7 +286,7 @@ def make_skip(me: int, n: int, st: SkipState) -> Skip:
         return True
 
     skip.batch = lambda buf, base, first, at, data_at, ts, caplen, linktype: _select(  # type: ignore[attr-defined]
-        buf, base, first, at, data_at, ts, caplen, linktype, me, n, st
+        buf, base, first, at, data_at, ts, caplen, linktype, me, shards, st
     )
     return skip
 
@@ -220,7 +297,7 @@ _PAD = bytes(_ROW)
 
 def _select(
     buf: bytes, base: int, first: int, at: np.ndarray, data_at: np.ndarray, ts: np.ndarray, caplen: np.ndarray,
-    linktype: int, me: int, n: int, st: SkipState,
+    linktype: int, me: int, shards: Shards, st: SkipState,
 ) -> np.ndarray:  # fmt: skip
     """``make_skip`` for a whole buffer of records (``source.Batch``), vectorised: which ones worker ``me`` must see.
 
@@ -242,22 +319,8 @@ def _select(
     if linktype != 1 or count == 0 or owner is None or first + count <= st.start or st.crossed:
         st.mine.clear()
         return np.arange(count)  # a resumed replay passes over the records before its start: all of them, as read
-    if int(data_at[-1]) + _ROW > len(buf):  # the last frame is shorter than a row: read zeros past the buffer
-        buf += _PAD
-    rows = sliding_window_view(np.frombuffer(buf, np.uint8), _ROW)[data_at]  # (count, 48) bytes, one copy
-    be16, be32 = np.dtype(">u2"), np.dtype(">u4")
-    total = rows[:, 16:18].view(be16)[:, 0].astype(np.int64)
-    doff = rows[:, 46].astype(np.int64)
-    fast = (
-        (caplen >= 54) & (rows[:, 12:14].view(be16)[:, 0] == 0x0800) & (rows[:, 14] == 0x45) & (rows[:, 23] == 6)
-        & ((rows[:, 20:22].view(be16)[:, 0] & 0x3FFF) == 0) & (doff >= 0x50) & (20 + (doff >> 4) * 4 <= total)
-        & (total + 14 <= caplen)
-    )  # fmt: skip
-    addresses = rows[:, 26:30].view(be32)[:, 0].astype(np.uint64) + rows[:, 30:34].view(be32)[:, 0]
-    addresses = (addresses & 0xFFFFFFFF) ^ (addresses >> 32)  # an IPv4 sum carries at most one bit
-    ports = rows[:, 34:36].view(be16)[:, 0].astype(np.uint64) + rows[:, 36:38].view(be16)[:, 0]
-    mixed = (addresses * np.uint64(_MIX_A) + ports * np.uint64(_MIX_B) + np.uint64(6)) & np.uint64(0xFFFFFFFF)
-    shard = (mixed * np.uint64(n)) >> np.uint64(32)
+    fast, mixed = _flow_hashes(buf, data_at, caplen)
+    shard = np.asarray(shards)[((mixed * np.uint64(BUCKETS)) >> np.uint64(32)).astype(np.intp)]
     mine = fast & (shard == me)
     keep = ~fast | mine
     keep[-1] = True
@@ -300,6 +363,27 @@ def _select(
     st.mine.clear()
     st.mine.update((at[mine] + base).tolist())
     return np.flatnonzero(keep)
+
+
+def _flow_hashes(buf: bytes, data_at: np.ndarray, caplen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For the frames at ``data_at``: which are on the fast path (as ``_fast_shard``), and their 32-bit flow hash
+    (``_mix``'s, before the bucket is taken; meaningless off the fast path)."""
+    if int(data_at[-1]) + _ROW > len(buf):  # the last frame is shorter than a row: read zeros past the buffer
+        buf += _PAD
+    rows = sliding_window_view(np.frombuffer(buf, np.uint8), _ROW)[data_at]  # (count, 48) bytes, one copy
+    be16, be32 = np.dtype(">u2"), np.dtype(">u4")
+    total = rows[:, 16:18].view(be16)[:, 0].astype(np.int64)
+    doff = rows[:, 46].astype(np.int64)
+    fast = (
+        (caplen >= 54) & (rows[:, 12:14].view(be16)[:, 0] == 0x0800) & (rows[:, 14] == 0x45) & (rows[:, 23] == 6)
+        & ((rows[:, 20:22].view(be16)[:, 0] & 0x3FFF) == 0) & (doff >= 0x50) & (20 + (doff >> 4) * 4 <= total)
+        & (total + 14 <= caplen)
+    )  # fmt: skip
+    addresses = rows[:, 26:30].view(be32)[:, 0].astype(np.uint64) + rows[:, 30:34].view(be32)[:, 0]
+    addresses = (addresses & 0xFFFFFFFF) ^ (addresses >> 32)  # an IPv4 sum carries at most one bit
+    ports = rows[:, 34:36].view(be16)[:, 0].astype(np.uint64) + rows[:, 36:38].view(be16)[:, 0]
+    mixed = (addresses * np.uint64(_MIX_A) + ports * np.uint64(_MIX_B) + np.uint64(6)) & np.uint64(0xFFFFFFFF)
+    return fast, mixed
 
 
 def _first_above(ts: np.ndarray, pos: int, thr: int) -> int:
@@ -410,12 +494,12 @@ class ShardPipeline(Pipeline):
     """One worker's pipeline: every record advances time, only this shard's flows are processed."""
 
     def __init__(
-        self, config: Config, observer: Observer | None, index: int, n: int, fd: int | None,
+        self, config: Config, observer: Observer | None, index: int, n: int | Shards, fd: int | None,
         events: bool, ship: Callable[[Msg], bool] | None, ticks: bool,
     ) -> None:  # fmt: skip
         self.sink = _LineSink()
         super().__init__(config, Outputs(events=[self.sink] if events else []), detectors=(), observer=observer)
-        self.index, self.n, self.fd = index, n, fd
+        self.index, self.shards, self.fd = index, shards_of(n), fd  # n workers (buckets split evenly) or a map
         self.ship, self.ticks = ship, ticks
         self.keyed = events  # one key per event document
         self.hi = 0  # record index * 4 + phase of what is being processed
@@ -526,7 +610,7 @@ class ShardPipeline(Pipeline):
         flows = self.flows
         process = flows.process
         sweep_ns = flows.sweep_ns
-        me, n = self.index, self.n
+        me, shards = self.index, self.shards
         c = self.counters
         packets = c.packets
         nbytes = c.bytes
@@ -571,7 +655,7 @@ class ShardPipeline(Pipeline):
             if rec.offset in mine and rec.file == st.path:  # type: ignore[union-attr]  # the filter found it ours
                 k = me
             else:
-                k = _fast_shard(data, 0, len(data), n) if rec.linktype == 1 else -1
+                k = _fast_shard(data, 0, len(data), shards) if rec.linktype == 1 else -1
             if k == me:
                 sport, dport, seq, ack, _off, flags, _win = tcp(data, 34)
                 seg: Segment | None = Segment(ts, data[26:30], data[30:34], sport, dport, 6, flags, seq, ack,
@@ -582,7 +666,7 @@ class ShardPipeline(Pipeline):
                 seg = decode(ts, rec.linktype, data)
                 if seg is None:  # not a segment: time does not move
                     continue
-                if segment_shard(seg, n) != me:
+                if segment_shard(seg, shards) != me:
                     seg = None
             if ts > flows.now:  # FlowTable.process's own first step, here so sweeps get their phase
                 flows.now = ts
@@ -623,7 +707,7 @@ class ShardPipeline(Pipeline):
 
 
 def _work(
-    index: int, n: int, files: list[str], config: Config, observer: Observer | None, events: bool,
+    index: int, n: Shards, files: list[str], config: Config, observer: Observer | None, events: bool,
     ship: Callable[[Msg], bool] | None, ticks: bool, fd: int, ring: mmap.mmap | None, ctrl: mmap.mmap | None,
     start: int = 0,
 ) -> None:  # fmt: skip
@@ -923,6 +1007,7 @@ def replay_parallel(
     ctx = mp.get_context("fork")  # detectors hold compiled closures; fork shares them and the loaded config
     mapper = Pipeline(config, Outputs(), observer=observer).mapper  # the same mapping as one process
     ship = detector_filter(detectors)
+    shards = weigh_shards(files, n)
     procs: list[Any] = []
     fds: list[int] = []
     prog = None
@@ -935,7 +1020,7 @@ def replay_parallel(
             _pipe_size(send)
             args = (
                 i,
-                n,
+                shards,
                 files,
                 config,
                 observer,
