@@ -218,8 +218,9 @@ def replay(
     ndjson = [s for s in outputs.all() if isinstance(s, NdjsonSink)]
 
     def checkpoint(done: int, flush: Callable[[], None]) -> None:
-        """Every document of the first ``done`` records is with the sinks: flush them and record it, when due."""
-        if ckpt is not None and done > base and ckpt.due():
+        """Every document of the first ``done`` records is with the sinks: flush them and record it, when due and
+        past the last checkpoint (the parallel merge reports the same ``done`` again while a worker lags)."""
+        if ckpt is not None and done > max(base, ckpt.records) and ckpt.due():
             flush()
             ckpt.save(done, {s.path: s.position() for s in ndjson})
 
