@@ -163,9 +163,8 @@ def weigh_shards(files: list[str], n: int) -> Shards:
         caplen: np.ndarray, linktype: int,
     ) -> np.ndarray:  # fmt: skip
         if linktype == 1 and len(at):
-            fast, mixed = _flow_hashes(buf, data_at, caplen)
-            counts[:] += np.bincount(((mixed[fast] * np.uint64(BUCKETS)) >> np.uint64(32)).astype(np.intp),
-                                     minlength=BUCKETS)  # fmt: skip
+            fast, bucket = _flow_buckets(buf, data_at, caplen)
+            counts[:] += np.bincount(bucket[fast], minlength=BUCKETS)
         if first + len(at) >= SAMPLE_PACKETS:
             raise _Sampled
         return np.empty(0, np.intp)
@@ -259,6 +258,7 @@ def make_skip(me: int, n: int | Shards, st: SkipState) -> Skip:
 
     mine = st.mine
     shards = shards_of(n)
+    table = np.asarray(shards)  # for _select, once
 
     def skip(buf: bytes, at: int, caplen: int, ts: int, linktype: int, offset: int) -> bool:
         if linktype != 1 or ts > st.thr:
@@ -286,7 +286,7 @@ def make_skip(me: int, n: int | Shards, st: SkipState) -> Skip:
         return True
 
     skip.batch = lambda buf, base, first, at, data_at, ts, caplen, linktype: _select(  # type: ignore[attr-defined]
-        buf, base, first, at, data_at, ts, caplen, linktype, me, shards, st
+        buf, base, first, at, data_at, ts, caplen, linktype, me, table, st
     )
     return skip
 
@@ -297,7 +297,7 @@ _PAD = bytes(_ROW)
 
 def _select(
     buf: bytes, base: int, first: int, at: np.ndarray, data_at: np.ndarray, ts: np.ndarray, caplen: np.ndarray,
-    linktype: int, me: int, shards: Shards, st: SkipState,
+    linktype: int, me: int, shards: np.ndarray, st: SkipState,  # shards: the Shards map as an array
 ) -> np.ndarray:  # fmt: skip
     """``make_skip`` for a whole buffer of records (``source.Batch``), vectorised: which ones worker ``me`` must see.
 
@@ -319,9 +319,8 @@ def _select(
     if linktype != 1 or count == 0 or owner is None or first + count <= st.start or st.crossed:
         st.mine.clear()
         return np.arange(count)  # a resumed replay passes over the records before its start: all of them, as read
-    fast, mixed = _flow_hashes(buf, data_at, caplen)
-    shard = np.asarray(shards)[((mixed * np.uint64(BUCKETS)) >> np.uint64(32)).astype(np.intp)]
-    mine = fast & (shard == me)
+    fast, bucket = _flow_buckets(buf, data_at, caplen)
+    mine = fast & (shards[bucket] == me)
     keep = ~fast | mine
     keep[-1] = True
     if first < st.start:
@@ -365,9 +364,9 @@ def _select(
     return np.flatnonzero(keep)
 
 
-def _flow_hashes(buf: bytes, data_at: np.ndarray, caplen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For the frames at ``data_at``: which are on the fast path (as ``_fast_shard``), and their 32-bit flow hash
-    (``_mix``'s, before the bucket is taken; meaningless off the fast path)."""
+def _flow_buckets(buf: bytes, data_at: np.ndarray, caplen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For the frames at ``data_at``: which are on the fast path (as ``_fast_shard``), and the bucket of their
+    flow hash (``_mix``'s; meaningless off the fast path)."""
     if int(data_at[-1]) + _ROW > len(buf):  # the last frame is shorter than a row: read zeros past the buffer
         buf += _PAD
     rows = sliding_window_view(np.frombuffer(buf, np.uint8), _ROW)[data_at]  # (count, 48) bytes, one copy
@@ -383,7 +382,7 @@ def _flow_hashes(buf: bytes, data_at: np.ndarray, caplen: np.ndarray) -> tuple[n
     addresses = (addresses & 0xFFFFFFFF) ^ (addresses >> 32)  # an IPv4 sum carries at most one bit
     ports = rows[:, 34:36].view(be16)[:, 0].astype(np.uint64) + rows[:, 36:38].view(be16)[:, 0]
     mixed = (addresses * np.uint64(_MIX_A) + ports * np.uint64(_MIX_B) + np.uint64(6)) & np.uint64(0xFFFFFFFF)
-    return fast, mixed
+    return fast, ((mixed * np.uint64(BUCKETS)) >> np.uint64(32)).astype(np.intp)
 
 
 def _first_above(ts: np.ndarray, pos: int, thr: int) -> int:
@@ -707,18 +706,18 @@ class ShardPipeline(Pipeline):
 
 
 def _work(
-    index: int, n: Shards, files: list[str], config: Config, observer: Observer | None, events: bool,
+    index: int, shards: Shards, files: list[str], config: Config, observer: Observer | None, events: bool,
     ship: Callable[[Msg], bool] | None, ticks: bool, fd: int, ring: mmap.mmap | None, ctrl: mmap.mmap | None,
     start: int = 0,
 ) -> None:  # fmt: skip
     """Worker process body: replay one shard, stream its documents to the parent, then its stats."""
     try:
         report = SourceReport()
-        p = ShardPipeline(config, observer, index, n, fd, events, ship, ticks)
+        p = ShardPipeline(config, observer, index, shards, fd, events, ship, ticks)
         p.ring, p.ctrl = ring, ctrl
         p.open()
         st = SkipState("", report)  # read_captures sets its path to each file it reads through the filter
-        records: Iterable[Record] = read_captures(files, report, make_skip(index, n, st), st)
+        records: Iterable[Record] = read_captures(files, report, make_skip(index, shards, st), st)
         p.run_shard(records, st, start)
         stats = p.finish()
         done = {
