@@ -220,7 +220,7 @@ def replay(
     def checkpoint(done: int, flush: Callable[[], None]) -> None:
         """Every document of the first ``done`` records is with the sinks: flush them and record it, when due and
         past the last checkpoint (the parallel merge reports the same ``done`` again while a worker lags)."""
-        if ckpt is not None and done > max(base, ckpt.records) and ckpt.due():
+        if ckpt is not None and done > ckpt.records and ckpt.due():  # records: where it resumed, or the last save
             flush()
             ckpt.save(done, {s.path: s.position() for s in ndjson})
 
