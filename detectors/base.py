@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from sensor.messages import Alert, Anomaly, Message
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """What a detector's half in a worker of a parallel replay sends the detector in the parent (``on_part``).
+    A detector that can be split offers ``shard(tick_ns)``: see AnomalyDetector.shard and sensor.parallel."""
+
+    kind: int
+    data: Any
 
 
 class Detector(Protocol):

@@ -61,7 +61,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -74,6 +74,7 @@ from sensor.outputs.base import Document
 from sensor.outputs.ecs import Observer
 from sensor.outputs.ndjson import NdjsonSink, write_all
 from sensor.pipeline import BATCH, DETECT_BATCH, TICK_NS, Outputs, Pipeline, run_detectors
+from sensor.pipeline import next_tick as next_tick_at
 from sensor.source import NEVER_TS, CaptureError, Record, Skip, SourceReport, read_captures
 
 Msg = Message | Anomaly
@@ -87,7 +88,6 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _MIX_A, _MIX_B = 0x9E3779B1, 0x85EBCA77  # odd 32-bit multipliers (golden ratio; murmur3's) for the flow hash
 BUCKETS = 64  # the flow hash's buckets; a Shards map gives each one a worker (weigh_shards)
 SAMPLE_PACKETS = 1 << 18  # packets at the head of the capture that weigh the buckets
-Shards = tuple[int, ...]  # bucket -> worker
 # Ethernet + IPv4 + TCP fields for the fast path: ethertype, version/IHL, total length, flags/fragment offset,
 # protocol, source, destination, source port, destination port, TCP data offset.
 _ETH_IP_TCP = struct.Struct("!12xHBxH2xHxB2xIIHH8xB")
@@ -107,6 +107,7 @@ _NL = orjson.OPT_APPEND_NEWLINE
 _MSG_FIELDS = tuple(f.name for f in dataclasses.fields(Message))
 _msg_values = attrgetter(*_MSG_FIELDS)
 _PACKET_AT = _MSG_FIELDS.index("packet")
+_ITEM_KEY = itemgetter(0, 1)
 
 
 Mark = Callable[[int, Callable[[], None]], None]
@@ -116,13 +117,22 @@ class ParallelError(Exception):
     """A worker failed; the message says which and why."""
 
 
+class Shards(NamedTuple):
+    """Which worker each bucket of the flow hash goes to, and what the hash reads: the endpoints' addresses and
+    ports (a flow), or with ``by_host`` the addresses only, so that every connection between two hosts goes to
+    one worker (a detector half in the workers keeps per host pair state: AnomalyDetector.shard)."""
+
+    workers: tuple[int, ...]
+    by_host: bool = False
+
+
 @functools.cache
-def even_shards(n: int) -> Shards:
+def even_shards(n: int, by_host: bool = False) -> Shards:
     """Buckets split evenly over ``n`` workers, in order (for 2, 4, 8 workers: the top bits of the hash)."""
-    return tuple(b * n // BUCKETS for b in range(BUCKETS))
+    return Shards(tuple(b * n // BUCKETS for b in range(BUCKETS)), by_host)
 
 
-BUCKET_IDS: Shards = tuple(range(BUCKETS))  # a map that answers the bucket itself
+BUCKET_IDS = Shards(tuple(range(BUCKETS)))  # a map that answers the bucket itself
 
 
 def shards_of(n: int | Shards) -> Shards:
@@ -137,15 +147,18 @@ def shard_of(src: bytes, dst: bytes, sport: int, dport: int, proto: int, n: int 
 
 def _mix(addresses: int, ports: int, proto: int, shards: Shards) -> int:
     """The flow hash from the sums (symmetric) of the endpoints' addresses and ports: folded to 32 bits, mixed by
-    multiplication, its top 6 bits the bucket (``k * BUCKETS >> 32``), which ``shards`` gives a worker. XOR of
+    multiplication, its top 6 bits the bucket (``k * BUCKETS >> 32``), which ``shards`` gives a worker (the ports
+    count for nothing ``by_host``). XOR of
     the endpoints cancelled the common prefix of a client and server in one subnet and split the bench captures
     53/47; this splits them 50.0/50.0. Integer arithmetic only, never the salted ``hash()``."""
     while addresses >> 32:  # IPv6, or an IPv4 sum's carry
         addresses = (addresses & 0xFFFFFFFF) ^ (addresses >> 32)
-    return shards[(((addresses * _MIX_A + ports * _MIX_B + proto) & 0xFFFFFFFF) * BUCKETS) >> 32]
+    if shards.by_host:
+        ports = 0
+    return shards.workers[(((addresses * _MIX_A + ports * _MIX_B + proto) & 0xFFFFFFFF) * BUCKETS) >> 32]
 
 
-def weigh_shards(files: list[str], n: int) -> Shards:
+def weigh_shards(files: list[str], n: int, by_host: bool = False) -> Shards:
     """A bucket map that balances the capture's head: the packets of each bucket in the first SAMPLE_PACKETS of
     the first file, the heaviest bucket first to the least loaded worker, then the empty buckets to the workers
     with the fewest (flows that start later spread as evenly as before).
@@ -163,16 +176,17 @@ def weigh_shards(files: list[str], n: int) -> Shards:
         caplen: np.ndarray, linktype: int,
     ) -> np.ndarray:  # fmt: skip
         if linktype == 1 and len(at):
-            fast, bucket = _flow_buckets(buf, data_at, caplen)
+            fast, bucket = _flow_buckets(buf, data_at, caplen, by_host)
             counts[:] += np.bincount(bucket[fast], minlength=BUCKETS)
         if first + len(at) >= SAMPLE_PACKETS:
             raise _Sampled
         return np.empty(0, np.intp)
 
     seen = [0]
+    ids = BUCKET_IDS._replace(by_host=by_host)
 
     def skip(buf: bytes, at: int, caplen: int, ts: int, linktype: int, offset: int) -> bool:
-        k = _fast_shard(buf, at, caplen, BUCKET_IDS) if linktype == 1 else -1
+        k = _fast_shard(buf, at, caplen, ids) if linktype == 1 else -1
         if k >= 0:
             counts[k] += 1
         seen[0] += 1
@@ -186,7 +200,7 @@ def weigh_shards(files: list[str], n: int) -> Shards:
     except _Sampled:
         pass
     except (CaptureError, OSError):
-        return even_shards(n)
+        return even_shards(n, by_host)
     loads, owned, out = [0] * n, [0] * n, [0] * BUCKETS
     for b in sorted(range(BUCKETS), key=lambda b: (-int(counts[b]), b)):
         c = int(counts[b])
@@ -194,7 +208,7 @@ def weigh_shards(files: list[str], n: int) -> Shards:
         out[b] = w
         loads[w] += c
         owned[w] += 1
-    return tuple(out)
+    return Shards(tuple(out), by_host)
 
 
 class _Sampled(Exception):
@@ -258,7 +272,7 @@ def make_skip(me: int, n: int | Shards, st: SkipState) -> Skip:
 
     mine = st.mine
     shards = shards_of(n)
-    table = np.asarray(shards)  # for _select, once
+    table = np.asarray(shards.workers)  # for _select, once
 
     def skip(buf: bytes, at: int, caplen: int, ts: int, linktype: int, offset: int) -> bool:
         if linktype != 1 or ts > st.thr:
@@ -286,7 +300,7 @@ def make_skip(me: int, n: int | Shards, st: SkipState) -> Skip:
         return True
 
     skip.batch = lambda buf, base, first, at, data_at, ts, caplen, linktype: _select(  # type: ignore[attr-defined]
-        buf, base, first, at, data_at, ts, caplen, linktype, me, table, st
+        buf, base, first, at, data_at, ts, caplen, linktype, me, table, shards.by_host, st
     )
     return skip
 
@@ -297,7 +311,7 @@ _PAD = bytes(_ROW)
 
 def _select(
     buf: bytes, base: int, first: int, at: np.ndarray, data_at: np.ndarray, ts: np.ndarray, caplen: np.ndarray,
-    linktype: int, me: int, shards: np.ndarray, st: SkipState,  # shards: the Shards map as an array
+    linktype: int, me: int, shards: np.ndarray, by_host: bool, st: SkipState,  # shards: the workers as an array
 ) -> np.ndarray:  # fmt: skip
     """``make_skip`` for a whole buffer of records (``source.Batch``), vectorised: which ones worker ``me`` must see.
 
@@ -319,7 +333,7 @@ def _select(
     if linktype != 1 or count == 0 or owner is None or first + count <= st.start or st.crossed:
         st.mine.clear()
         return np.arange(count)  # a resumed replay passes over the records before its start: all of them, as read
-    fast, bucket = _flow_buckets(buf, data_at, caplen)
+    fast, bucket = _flow_buckets(buf, data_at, caplen, by_host)
     mine = fast & (shards[bucket] == me)
     keep = ~fast | mine
     keep[-1] = True
@@ -334,10 +348,10 @@ def _select(
     # The clock, as the worker will run it over this buffer (its state now: every earlier record is processed).
     flows = owner.flows
     now, last_sweep, sweep_ns = max(flows.now, st.max_dropped), flows.last_sweep, flows.sweep_ns
-    ticks, next_tick = owner.ticks, owner._next_tick
+    ticks, tick_at = owner.tick_ns, owner._next_tick
     pos = 0
     while pos < count:
-        thr = min(last_sweep + sweep_ns, next_tick - 1) if ticks else last_sweep + sweep_ns
+        thr = min(last_sweep + sweep_ns, tick_at - 1) if ticks else last_sweep + sweep_ns
         i = _first_above(ts, pos, thr)
         if i < 0:
             break
@@ -348,8 +362,8 @@ def _select(
             break
         if i > pos:
             now = max(now, int(ts[pos:i][fast[pos:i]].max(initial=0)))
-        if ticks and t >= next_tick:
-            next_tick = t + TICK_NS
+        if ticks and t >= tick_at:
+            tick_at = next_tick_at(t, ticks)
         if t > now:
             now = t
             if t - last_sweep > sweep_ns:
@@ -364,7 +378,9 @@ def _select(
     return np.flatnonzero(keep)
 
 
-def _flow_buckets(buf: bytes, data_at: np.ndarray, caplen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _flow_buckets(
+    buf: bytes, data_at: np.ndarray, caplen: np.ndarray, by_host: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """For the frames at ``data_at``: which are on the fast path (as ``_fast_shard``), and the bucket of their
     flow hash (``_mix``'s; meaningless off the fast path)."""
     if int(data_at[-1]) + _ROW > len(buf):  # the last frame is shorter than a row: read zeros past the buffer
@@ -381,6 +397,8 @@ def _flow_buckets(buf: bytes, data_at: np.ndarray, caplen: np.ndarray) -> tuple[
     addresses = rows[:, 26:30].view(be32)[:, 0].astype(np.uint64) + rows[:, 30:34].view(be32)[:, 0]
     addresses = (addresses & 0xFFFFFFFF) ^ (addresses >> 32)  # an IPv4 sum carries at most one bit
     ports = rows[:, 34:36].view(be16)[:, 0].astype(np.uint64) + rows[:, 36:38].view(be16)[:, 0]
+    if by_host:
+        ports[:] = 0
     mixed = (addresses * np.uint64(_MIX_A) + ports * np.uint64(_MIX_B) + np.uint64(6)) & np.uint64(0xFFFFFFFF)
     return fast, ((mixed * np.uint64(BUCKETS)) >> np.uint64(32)).astype(np.intp)
 
@@ -489,17 +507,30 @@ class _LineSink:
         pass
 
 
+def _packetless(m: Message) -> Message:
+    """m pointing at its packet without the packet's bytes (a Record is its own PacketRef), to ship."""
+    p = m.packet
+    return dataclasses.replace(m, packet=PacketRef(p.file, p.frame, p.offset))
+
+
 class ShardPipeline(Pipeline):
     """One worker's pipeline: every record advances time, only this shard's flows are processed."""
 
     def __init__(
         self, config: Config, observer: Observer | None, index: int, n: int | Shards, fd: int | None,
-        events: bool, ship: Callable[[Msg], bool] | None, ticks: bool,
+        events: bool, ship: Callable[[Msg], bool] | None, ticks: bool, scorer: Any = None, tick_ns: int = 0,
     ) -> None:  # fmt: skip
         self.sink = _LineSink()
         super().__init__(config, Outputs(events=[self.sink] if events else []), detectors=(), observer=observer)
         self.index, self.shards, self.fd = index, shards_of(n), fd  # n workers (buckets split evenly) or a map
-        self.ship, self.ticks = ship, ticks
+        self.ship, self.ticks = ship, ticks  # ticks: ship the ticks (worker 0, for the parent's detectors)
+        # A detector's per-flow half (AnomalyDetector.shard's PairScorer), fed in batches (_score), and the period
+        # this worker ticks at (every record where one is due is passed on by the filter): a second for the one
+        # that ships ticks, the scorer's window for the others (its windows close at those ticks), else none.
+        self.scorer = scorer
+        self.tick_ns = TICK_NS if ticks else tick_ns
+        self._scoring: list[tuple[int, int, Any]] = []
+        self._scored: list[tuple[int, int, Any]] = []  # its Parts, keyed as the shipped items
         self.keyed = events  # one key per event document
         self.hi = 0  # record index * 4 + phase of what is being processed
         self.keys_hi: list[int] = []
@@ -531,9 +562,20 @@ class ShardPipeline(Pipeline):
             ship = self.ship
             if ship is not None and ship(m):
                 self.det.append((self.hi, c, self._portable(m)))
+            if self.scorer is not None and type(m) is Message:
+                self._scoring.append((self.hi, c, m))
+                if len(self._scoring) >= DETECT_BATCH:
+                    self._score()
         except Exception as e:  # the flow table would count it as a decoder exception: fail the worker instead
             self.failure = self.failure or e
         _pipeline_on_message(self, m)
+
+    def _score(self) -> None:
+        """The scorer over the pending messages and ticks (in batches, as pipeline.run_detectors and for the same
+        reason); its Parts join the shipped items at ``send``."""
+        items, self._scoring = self._scoring, []
+        if items:
+            self.scorer.score(items, self._scored, _packetless)
 
     def _flush_events(self) -> None:
         super()._flush_events()
@@ -542,6 +584,12 @@ class ShardPipeline(Pipeline):
 
     def send(self, watermark: int, kind: int = DATA) -> None:
         """Ship what is buffered; every document of a record before ``watermark`` has been shipped."""
+        if self.scorer is not None:
+            self._score()
+            if self._scored:  # in key order with the rest: a stable sort of two sorted runs (a merge)
+                self.det += self._scored
+                self.det.sort(key=_ITEM_KEY)
+                self._scored = []
         if self.failure is not None:
             raise self.failure
         lines, self.sink.lines = self.sink.lines, []
@@ -594,7 +642,7 @@ class ShardPipeline(Pipeline):
         st = self.skip_state
         if st is not None:
             thr = self.flows.last_sweep + self.flows.sweep_ns
-            st.thr = min(thr, self._next_tick - 1) if self.ticks else thr
+            st.thr = min(thr, self._next_tick - 1) if self.tick_ns else thr
 
     def run_shard(self, records: Iterable[Record], st: SkipState | None = None, start: int = 0) -> None:
         """Pipeline.run for one shard. With ``st`` the reader already dropped most of the other shards' packets
@@ -613,7 +661,7 @@ class ShardPipeline(Pipeline):
         c = self.counters
         packets = c.packets
         nbytes = c.bytes
-        ticks = self.ticks
+        ticks, tick_ns, scoring = self.ticks, self.tick_ns or TICK_NS, self.scorer is not None
         next_wm = start + WATERMARK_EVERY
         rec: Record | None = None
         r = start
@@ -643,9 +691,11 @@ class ShardPipeline(Pipeline):
                 if c.first_ts is None:
                     c.first_ts = ts
                 c.packets, c.bytes = r - start, nbytes
-                next_tick = self._next_tick = ts + TICK_NS
+                next_tick = self._next_tick = next_tick_at(ts, tick_ns)
                 if ticks:
                     self.det.append(((r << 2) | PH_TICK, 0, ts))
+                if scoring:
+                    self._scoring.append(((r << 2) | PH_TICK, 0, ts))
                 if st is not None:
                     self._set_thr()
             # The fast path (Ethernet, IPv4 without options, TCP) is sharded from the raw bytes, and a Segment is
@@ -701,6 +751,8 @@ class ShardPipeline(Pipeline):
         """End of capture: close every flow (phase END), ship the rest; the shard's stats."""
         self.hi = (END << 2) | PH_END
         stats = self.close()
+        if self.scorer is not None:  # after the messages of the flows closed at the end (they sort before it)
+            self._scoring.append((self.hi, 1 << 62, None))
         self.send(END + 1)
         return stats
 
@@ -708,12 +760,13 @@ class ShardPipeline(Pipeline):
 def _work(
     index: int, shards: Shards, files: list[str], config: Config, observer: Observer | None, events: bool,
     ship: Callable[[Msg], bool] | None, ticks: bool, fd: int, ring: mmap.mmap | None, ctrl: mmap.mmap | None,
-    start: int = 0,
+    start: int = 0, scorer: tuple[Callable[[], Any], int] | None = None,
 ) -> None:  # fmt: skip
     """Worker process body: replay one shard, stream its documents to the parent, then its stats."""
     try:
         report = SourceReport()
-        p = ShardPipeline(config, observer, index, shards, fd, events, ship, ticks)
+        make, period = scorer or (None, 0)
+        p = ShardPipeline(config, observer, index, shards, fd, events, ship, ticks, make and make(), period)
         p.ring, p.ctrl = ring, ctrl
         p.open()
         st = SkipState("", report)  # read_captures sets its path to each file it reads through the filter
@@ -1005,8 +1058,14 @@ def replay_parallel(
     started = time.perf_counter()
     ctx = mp.get_context("fork")  # detectors hold compiled closures; fork shares them and the loaded config
     mapper = Pipeline(config, Outputs(), observer=observer).mapper  # the same mapping as one process
-    ship = detector_filter(detectors)
-    shards = weigh_shards(files, n)
+    scorer, sharded = None, None
+    for d in detectors:  # a detector split in two: one half in every worker, the other merging them here (on_part)
+        split = getattr(d, "shard", None)
+        if callable(split) and (scorer := split(TICK_NS)) is not None:
+            sharded = d
+            break
+    ship = detector_filter([d for d in detectors if d is not sharded])
+    shards = weigh_shards(files, n, by_host=scorer is not None)
     procs: list[Any] = []
     fds: list[int] = []
     prog = None
@@ -1030,6 +1089,7 @@ def replay_parallel(
                 rings[i],
                 ctrl,
                 start,
+                scorer,
             )
             p = ctx.Process(target=_work, args=args, name=f"ics-sensor-worker-{i}", daemon=True)
             p.start()

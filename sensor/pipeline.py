@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from detectors.base import Detector
+from detectors.base import Detector, Part
 from sensor.assets import AssetTracker
 from sensor.config import Config
 from sensor.flows import FlowConfig, FlowTable
@@ -26,11 +26,21 @@ from sensor.source import Record
 
 BATCH = 2048
 TICK_NS = 1_000_000_000
+
+
+def next_tick(ts: int, period: int = TICK_NS) -> int:
+    """The next tick after one at ``ts``: the next whole multiple of ``period``. Aligned, so a time window that
+    starts at a whole second (the model's) closes at a tick in every process that ticks, whichever records it
+    saw (sensor.parallel: the workers tick at the same records)."""
+    return ts - ts % period + period
+
 DETECT_BATCH = 512  # messages and ticks handed to the detectors at once: see run_detectors
 
 
 def run_detectors(detectors: list[Detector], items: list[Any], alert: Callable[[Alert], None]) -> None:
-    """Each detector over a whole batch of messages and ticks (int capture times), one detector after the other.
+    """Each detector over a whole batch of messages, ticks (int capture times) and, in a parallel replay's parent,
+    Parts from the detectors' halves in the workers (to ``on_part``; a detector without it has none), one
+    detector after the other.
 
     Why: called message by message, each detector found its state evicted from the CPU caches by the decoders
     and the other detectors; over a batch it stays hot. Measured on the held-out scenario capture in one
@@ -38,24 +48,27 @@ def run_detectors(detectors: list[Detector], items: list[Any], alert: Callable[[
     state, so only the order of their alerts could change, and it does not: they are handed to ``alert`` as one
     detector after the other per message would (message order, then detector order). A detector's iterable of
     alerts is taken at once, so a generator runs at its turn, as before."""
-    if len(detectors) == 1:
-        d = detectors[0]
-        on_message, on_time = d.on_message, d.on_time
-        for x in items:
-            for a in on_time(x) if type(x) is int else on_message(x):
-                alert(a)
-        return
     found: list[tuple[int, int, list[Alert]]] = []
+    one = len(detectors) == 1
     for j, d in enumerate(detectors):
-        on_message, on_time = d.on_message, d.on_time
+        on_message, on_time, on_part = d.on_message, d.on_time, getattr(d, "on_part", _no_part)
         for i, x in enumerate(items):
-            out = on_time(x) if type(x) is int else on_message(x)
-            if out and (got := list(out)):
-                found.append((i, j, got))
+            t = type(x)
+            out = on_time(x) if t is int else on_part(x) if t is Part else on_message(x)
+            if out:
+                if one:
+                    for a in out:
+                        alert(a)
+                elif got := list(out):
+                    found.append((i, j, got))
     found.sort(key=itemgetter(0, 1))
     for _, _, got in found:
         for a in got:
             alert(a)
+
+
+def _no_part(part: Part) -> tuple[()]:
+    return ()
 
 
 @dataclass
@@ -186,7 +199,7 @@ class Pipeline:
                 s.write(docs)
 
     def _tick(self, ts: int) -> None:
-        self._next_tick = ts + TICK_NS
+        self._next_tick = next_tick(ts)
         if self.assets is not None:
             self._write_assets(self.assets.due(ts))
         if self.detectors:

@@ -26,6 +26,8 @@ from sensor.cli import main
 from sensor.cli_model import run_pipeline, train_model
 from sensor.config import load_config
 from sensor.messages import Alert, FlowInfo, Message, PacketRef
+from sensor.pipeline import Pipeline
+from sensor.source import SourceReport, read_captures
 
 DATA = Path(__file__).parent / "data" / "anomaly"
 TRAIN, OTHER, ATTACKS = DATA / "normal_train.pcap.gz", DATA / "normal_other.pcap.gz", DATA / "attacks_mixed.pcap.gz"
@@ -407,20 +409,36 @@ def test_register_memory_per_block_matches_per_register(monkeypatch: pytest.Monk
     assert len(tracker.last_values) == 4
 
 
-def test_replay_with_a_model_is_the_same_with_workers(tmp_path: Path) -> None:
-    """``replay --model --workers N``: the model runs in the parent on the merged messages, so its alerts (baseline
-    deviations and scored windows, a threshold set low so windows do alert) and the events are byte for byte those
-    of one process, with the rule pack's alerts among them."""
+@pytest.mark.parametrize("gap", [False, True])
+def test_replay_with_a_model_is_the_same_with_workers(tmp_path: Path, gap: bool) -> None:
+    """``replay --model --workers N``: each worker runs the model's per-pair half on its host pairs and the parent
+    merges their deviations and window summaries, so the alerts (baseline deviations and scored windows, a
+    threshold set low so windows do alert) and the events are byte for byte those of one process, with the
+    rule pack's alerts among them.
+
+    ``gap``: the capture's second half is moved so that its first packet comes exactly one window after the last
+    packet before it. That window is scored only if no more than a window passed since the latest time seen,
+    which is a message in some worker, not the parent's last tick (ticks are whole seconds)."""
     import subprocess
     import sys
 
+    from tests.craft import write_pcap
+
     model, _ = train_model(load_config(None), [str(TRAIN)], WINDOW, false_alarms_per_day=5000)
     model.save(tmp_path / "m.npz")
+    capture = ATTACKS
+    if gap:
+        recs = [(r.ts, r.data) for r in read_captures([str(ATTACKS)], SourceReport())]
+        half = len(recs) // 2
+        shift = recs[half - 1][0] + int(WINDOW * 1e9) - recs[half][0]
+        assert recs[half - 1][0] % 1_000_000_000  # the last packet before the gap is not at a whole second
+        recs[half:] = [(ts + shift, data) for ts, data in recs[half:]]
+        capture = write_pcap(tmp_path / "gap.pcap", 1, recs, nano=True)
     outs = {}
     for w in (1, 2, 4):
         al, ev = tmp_path / f"al{w}.ndjson", tmp_path / f"ev{w}.ndjson"
         run = subprocess.run(
-            [sys.executable, "-m", "sensor.cli", "replay", str(ATTACKS), "--model", str(tmp_path / "m.npz"),
+            [sys.executable, "-m", "sensor.cli", "replay", str(capture), "--model", str(tmp_path / "m.npz"),
              "--alerts", str(al), "--events", str(ev), "--workers", str(w), "-q"],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
@@ -429,3 +447,41 @@ def test_replay_with_a_model_is_the_same_with_workers(tmp_path: Path) -> None:
     rulesets = [json.loads(line)["rule"]["ruleset"] for line in outs[1][0].splitlines()]
     assert {"model", "baseline", "rules"} <= set(rulesets), rulesets
     assert outs[2] == outs[1] and outs[4] == outs[1]
+
+
+def test_the_detector_splits_for_workers_only_when_its_halves_agree(model_path: Path) -> None:
+    """``shard``: with slow learning (the baseline changes under the workers) or a window that is not whole
+    seconds (it would not close at a tick) the detector stays whole; split, it no longer reads messages itself."""
+    tick = 1_000_000_000
+    assert AnomalyDetector(Model.load(model_path), LearnOptions()).shard(tick) is None
+    odd = Model.load(model_path)
+    odd.window_seconds = 2.5
+    assert AnomalyDetector(odd).shard(tick) is None
+    d = AnomalyDetector(Model.load(model_path))
+    made = d.shard(tick)
+    assert made is not None and made[1] == int(WINDOW * 1e9)
+    scorer = made[0]()
+    assert scorer.sharded and scorer is not made[0]()  # one per worker
+    msgs: list[Message] = []
+    pipe = Pipeline(load_config(None))
+    pipe.flows.emit = msgs.append
+    pipe.run(read_captures([str(ATTACKS)], SourceReport()))
+    assert msgs and all(d.on_message(m) == () for m in msgs)
+    assert d.shard(tick) is None  # split once
+
+
+def test_slow_learning_with_workers_keeps_the_whole_detector_in_the_parent(tmp_path: Path, model_path: Path) -> None:
+    import subprocess
+    import sys
+
+    outs = []
+    for w in (1, 2):
+        al = tmp_path / f"al{w}.ndjson"
+        run = subprocess.run(
+            [sys.executable, "-m", "sensor.cli", "replay", str(ATTACKS), "--model", str(model_path), "--model-learn",
+             str(tmp_path / f"learned{w}.npz"), "--alerts", str(al), "--workers", str(w), "-q"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        outs.append(al.read_bytes())
+    assert outs[0] and outs[1] == outs[0]

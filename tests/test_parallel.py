@@ -126,14 +126,20 @@ def test_shard_is_symmetric_and_fast_path_agrees() -> None:
         for a, b, sp, dp in flows:
             counts[shard_of(a, b, sp, dp, 6, n)] += 1
         assert max(counts) / (len(flows) / n) < 1.03, counts
+    # By host (the model's per-pair half in the workers): every connection between two hosts in one worker.
+    for n in (2, 3, 4):
+        by_host = even_shards(n, by_host=True)
+        for a, b, _, dp in flows[::200]:
+            assert len({shard_of(a, b, sp, dp, 6, by_host) for sp in range(40000, 40050)}) == 1
+        assert len({shard_of(a, b, sp, dp, 6, n) for a, b, sp, dp in flows[:50]}) > 1  # by flow, they spread
     # The raw fast path (no Segment built for other shards' packets) must shard exactly like segment_shard.
     cap = ROOT / "pcaps" / "modbus_demo.pcap"
     _need(cap)
     records = list(read_captures([str(cap)], SourceReport()))
     dec = FrameDecoder()
-    for n in (2, 3):
+    for n in (2, 3, even_shards(2, by_host=True), even_shards(3, by_host=True)):
         owned: list[int] = []
-        for me in range(n):
+        for me in range(n if isinstance(n, int) else max(n.workers) + 1):
             p = ShardPipeline(load_config(None), None, me, n, None, False, None, False)
             p.open()
             p.run_shard(records)
@@ -145,7 +151,7 @@ def test_shard_is_symmetric_and_fast_path_agrees() -> None:
             q.open()
             q.run_shard(read_captures([str(cap)], rep, make_skip(me, n, st)), st)
             assert q.flows.stats.flows == owned[-1] and q.counters.packets == len(records)
-        want = [0] * n
+        want = [0] * len(owned)
         seen: set[tuple] = set()
         for r in records:
             seg = dec.decode(r.ts, r.linktype, r.data)
@@ -477,15 +483,15 @@ def test_weighed_shards_balance_a_few_long_connections(name: str) -> None:
     guarantees."""
     cap = ROOT / "tests" / "data" / "anomaly" / f"{name}.pcap.gz"
     shards = weigh_shards([str(cap)], 2)
-    assert sorted(set(shards)) == [0, 1] and abs(shards.count(0) - shards.count(1)) <= 1
-    frames, buckets = FrameDecoder(), [0] * len(BUCKET_IDS)
+    assert sorted(set(shards.workers)) == [0, 1] and abs(shards.workers.count(0) - shards.workers.count(1)) <= 1
+    frames, buckets = FrameDecoder(), [0] * len(BUCKET_IDS.workers)
     for r in read_captures([str(cap)], SourceReport()):
         seg = frames.decode(r.ts, r.linktype, r.data)
         if seg is not None and seg.proto == 6:
             buckets[segment_shard(seg, BUCKET_IDS)] += 1
     weighed, even = [0, 0], [0, 0]
     for b, c in enumerate(buckets):
-        weighed[shards[b]] += c
-        even[even_shards(2)[b]] += c
+        weighed[shards.workers[b]] += c
+        even[even_shards(2).workers[b]] += c
     assert abs(weighed[0] - weighed[1]) <= max(buckets)
     assert max(weighed) < max(even), (weighed, even)

@@ -110,3 +110,30 @@ def test_every_message_reaches_the_detectors_by_the_end_of_each_run() -> None:
     pipe.run(records[half:])
     reference.run(records[half:])
     assert d.messages == sum(reference.counters.messages.values())
+
+
+class Ticks(Counter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticks: list[int] = []
+
+    def on_time(self, ts: int) -> list[Alert]:
+        self.ticks.append(ts)
+        return []
+
+
+def test_ticks_come_at_the_first_record_of_each_new_second() -> None:
+    """Ticks are aligned on whole seconds of capture time (pipeline.next_tick): a window of whole seconds then
+    closes at a tick record, whichever records a process saw, which the parallel replay's workers rely on. Not
+    aligned (one second after the previous tick), the record at 2.2 s would not tick."""
+    s = 1_000_000_000
+    base = 1_700_000_000 * s
+    times = [0.5, 0.9, 1.6, 1.7, 2.2, 2.3, 3.0, 5.9, 6.1]
+    records = [r for r in read_captures([str(DEMO)], SourceReport())][: len(times)]
+    for r, t in zip(records, times, strict=True):
+        r.ts = base + int(t * s)
+    d = Ticks()
+    pipe = Pipeline(load_config(None), detectors=[d])
+    pipe.open()
+    pipe.run(records)
+    assert [(ts - base) / s for ts in d.ticks] == [0.5, 1.6, 2.2, 3.0, 5.9, 6.1]

@@ -478,59 +478,70 @@ class Baseline:
     def check_window(self, start: int, windows: dict[Pair, Window], last: dict[Pair, Message]) -> list[Deviation]:
         """Rates and polling periods of one closed window against the learned bounds."""
         out: list[Deviation] = []
-        span = self.training_span()
-        secs = self.window_seconds
         seen: set[str] = set()
         for p, w in windows.items():
-            pk = pair_str(p)
-            s = self.pairs.get(pk)
-            m = last.get(p)
-            if s is None or m is None:
-                continue
-            limit = math.ceil(s["max_requests"] * 1.5) + 2
-            if w.requests > limit:
-                out.append(Deviation(
-                    "request_rate", f"{pk}|rate", "Baseline: request rate above the learned maximum",
-                    f"{w.requests} requests from {p[0]} to {p[1]} port {p[3]} in {secs:g} s, at most "
-                    f"{int(s['max_requests'])} per {secs:g} s window in {span} of training",
-                    "medium", ("T0814",), m,
-                    {"requests": w.requests, "learned_max_requests": s["max_requests"], "window_seconds": secs},
-                    learnable=False,
-                ))  # fmt: skip
-            wlimit = math.ceil(s["max_writes"] * 1.5) + 2
-            if w.writes > wlimit:
-                out.append(Deviation(
-                    "write_rate", f"{pk}|writes", "Baseline: write rate above the learned maximum",
-                    f"{w.writes} writes from {p[0]} to {p[1]} port {p[3]} in {secs:g} s, at most "
-                    f"{int(s['max_writes'])} per {secs:g} s window in {span} of training",
-                    "high", ("T0855", "T0836"), m,
-                    {"writes": w.writes, "learned_max_writes": s["max_writes"], "window_seconds": secs},
-                    learnable=False,
-                ))  # fmt: skip
-            for sig, period in window_periods(w):
-                k = f"{pk}|{sig!r}"
-                lp = self.polls.get(k)
-                if lp is None or lp[0] < MIN_POLL_WINDOWS:
-                    continue
-                n, lo, hi, med = lp
-                seen.add(k)
-                if not (period < lo * 0.75 or period > hi * 1.33):
-                    self._poll_streak.pop(k, None)
-                    continue
-                streak = self._poll_streak[k] = self._poll_streak.get(k, 0) + 1
-                if streak >= POLL_PERSIST:
-                    out.append(Deviation(
-                        "polling_period", f"{pk}|{sig!r}|period", "Baseline: polling period changed",
-                        f"polling period of {signature_str(sig, p[2])} from {p[0]} to {p[1]} is {period:.2f} s in this "
-                        f"window and the {streak - 1} before; {int(n)} windows of {span} of training stayed within "
-                        f"{lo:.2f}-{hi:.2f} s (median {med:.2f} s)",
-                        "medium", ("T0814",) if period < lo else ("T0881",), m,
-                        {"signature": repr(sig), "period_s": round(period, 3), "learned_min_s": lo, "learned_max_s": hi},
-                        learnable=False,
-                    ))  # fmt: skip
-        for k in [k for k in self._poll_streak if k not in seen]:  # a streak is consecutive windows only
-            del self._poll_streak[k]
+            out += self.check_pair(p, w, last.get(p), seen)
+        self.end_window(seen)
         return out
+
+    def check_pair(self, p: Pair, w: Window, m: Message | None, seen: set[str]) -> list[Deviation]:
+        """One pair's share of ``check_window`` (``m``: its last message); the polling signatures it checked are
+        added to ``seen`` for ``end_window``. Per pair, so the pairs of a window can be checked apart (each
+        worker of a parallel replay checks its own)."""
+        pk = pair_str(p)
+        s = self.pairs.get(pk)
+        if s is None or m is None:
+            return []
+        out: list[Deviation] = []
+        span = self.training_span()
+        secs = self.window_seconds
+        limit = math.ceil(s["max_requests"] * 1.5) + 2
+        if w.requests > limit:
+            out.append(Deviation(
+                "request_rate", f"{pk}|rate", "Baseline: request rate above the learned maximum",
+                f"{w.requests} requests from {p[0]} to {p[1]} port {p[3]} in {secs:g} s, at most "
+                f"{int(s['max_requests'])} per {secs:g} s window in {span} of training",
+                "medium", ("T0814",), m,
+                {"requests": w.requests, "learned_max_requests": s["max_requests"], "window_seconds": secs},
+                learnable=False,
+            ))  # fmt: skip
+        wlimit = math.ceil(s["max_writes"] * 1.5) + 2
+        if w.writes > wlimit:
+            out.append(Deviation(
+                "write_rate", f"{pk}|writes", "Baseline: write rate above the learned maximum",
+                f"{w.writes} writes from {p[0]} to {p[1]} port {p[3]} in {secs:g} s, at most "
+                f"{int(s['max_writes'])} per {secs:g} s window in {span} of training",
+                "high", ("T0855", "T0836"), m,
+                {"writes": w.writes, "learned_max_writes": s["max_writes"], "window_seconds": secs},
+                learnable=False,
+            ))  # fmt: skip
+        for sig, period in window_periods(w):
+            k = f"{pk}|{sig!r}"
+            lp = self.polls.get(k)
+            if lp is None or lp[0] < MIN_POLL_WINDOWS:
+                continue
+            n, lo, hi, med = lp
+            seen.add(k)
+            if not (period < lo * 0.75 or period > hi * 1.33):
+                self._poll_streak.pop(k, None)
+                continue
+            streak = self._poll_streak[k] = self._poll_streak.get(k, 0) + 1
+            if streak >= POLL_PERSIST:
+                out.append(Deviation(
+                    "polling_period", f"{pk}|{sig!r}|period", "Baseline: polling period changed",
+                    f"polling period of {signature_str(sig, p[2])} from {p[0]} to {p[1]} is {period:.2f} s in this "
+                    f"window and the {streak - 1} before; {int(n)} windows of {span} of training stayed within "
+                    f"{lo:.2f}-{hi:.2f} s (median {med:.2f} s)",
+                    "medium", ("T0814",) if period < lo else ("T0881",), m,
+                    {"signature": repr(sig), "period_s": round(period, 3), "learned_min_s": lo, "learned_max_s": hi},
+                    learnable=False,
+                ))  # fmt: skip
+        return out
+
+    def end_window(self, seen: set[str]) -> None:
+        """A streak is consecutive windows only: forget those of signatures not checked in this window."""
+        for k in [k for k in self._poll_streak if k not in seen]:
+            del self._poll_streak[k]
 
     # -- persistence -------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from detectors.anomaly.baseline import Baseline, Deviation, clock, span_words, t
 from detectors.anomaly.features import FEATURE_NAMES, Pair, Window, WindowTracker, pair_of, pair_str
 from detectors.anomaly.forest import Knn, Near
 from detectors.anomaly.model import Model, build_groups, library_versions
+from detectors.base import Part
 from detectors.rules.attack import technique_names
 from sensor.messages import Alert, Anomaly, Message
 
@@ -44,9 +46,7 @@ class _Windowed:
         out: list[Alert] = []
         if t.due(ts):
             start, wins = t.close()
-            # covered: the capture had started and did not skip over the window (a gap between captures)
-            full = self.first_ts is not None and start >= self.first_ts and ts - self.prev_ts <= t.width
-            out = self._window(start, wins, full)
+            out = self._window(start, wins, ts)
             t.advance_to(ts)
         self.prev_ts = max(self.prev_ts, ts)
         return out
@@ -56,10 +56,18 @@ class _Windowed:
         if t.start is None:
             return []
         start, wins = t.close()
-        return self._window(start, wins, False)
+        return self._window(start, wins, None)
 
-    def _window(self, start: int, wins: dict[Pair, Window], full: bool) -> list[Alert]:
+    def _window(self, start: int, wins: dict[Pair, Window], ts: int | None) -> list[Alert]:
+        """Window ``start`` closed at capture time ``ts`` (None: at the end of the input); ``self.prev_ts`` is still
+        the latest time seen before ``ts``."""
         raise NotImplementedError
+
+
+def covered(start: int, ts: int | None, first_ts: int | None, prev_ts: int, width: int) -> bool:
+    """Whether a window closed at ``ts`` was wholly in the input: the capture had started by its start and did not
+    skip over it (a gap between captures longer than a window before ``ts``); never the last window (``ts`` None)."""
+    return ts is not None and first_ts is not None and start >= first_ts and ts - prev_ts <= width
 
 
 class Trainer(_Windowed):
@@ -92,9 +100,9 @@ class Trainer(_Windowed):
         self._finish()
         return ()
 
-    def _window(self, start: int, wins: dict[Pair, Window], full: bool) -> list[Alert]:
+    def _window(self, start: int, wins: dict[Pair, Window], ts: int | None) -> list[Alert]:
         self.baseline.learn_window(start, wins)
-        if full:
+        if covered(start, ts, self.first_ts, self.prev_ts, self.tracker.width):
             secs = self.tracker.seconds
             for p, w in wins.items():
                 k = pair_str(p)
@@ -162,8 +170,124 @@ class SlowLearner:
                 del self.candidates[d.key]
 
 
-class AnomalyDetector(_Windowed):
-    """Scores messages and windows against a model; see LearnOptions for ``learn``."""
+@dataclass(frozen=True, slots=True)
+class PairWindow:
+    """One pair's share of a closed window: the baseline's deviations and, when the model may score it, its
+    features and last message. ``key``: where its first message of the window was in the replay (a worker's)."""
+
+    pair: Pair
+    key: Any
+    deviations: list[Deviation]
+    vector: list[float] | None
+    last: Message | None
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """A window a PairScorer closed at ``ts`` (None: end of input), with its latest time seen before ``ts``."""
+
+    start: int
+    ts: int | None
+    prev_ts: int
+    pairs: list[PairWindow]
+
+
+DEVIATIONS, WINDOW = 0, 1  # kinds of Part a PairScorer in a worker sends its parent's AnomalyDetector
+
+
+class PairScorer(_Windowed):
+    """The half of AnomalyDetector whose state is per host pair: the window features, each pair's last message
+    and the baseline's checks of messages and windows. Why a half: a parallel replay (sensor.parallel) shards
+    flows by host pair, so each worker can run one on its own messages, and only deviations and window summaries
+    reach the parent, whose AnomalyDetector keeps what spans pairs (repeat suppression, the model's batches). In
+    one process AnomalyDetector owns one. Windows are closed into ``closed`` for the owner to take."""
+
+    def __init__(self, model: Model, use_baseline: bool = True, use_model: bool = True, sharded: bool = False) -> None:
+        super().__init__(model.window_seconds)
+        self.model = model
+        self.baseline = model.baseline
+        self.use_baseline = use_baseline
+        self.use_model = use_model
+        self.sharded = sharded  # in a worker: whether a window was covered is decided in the parent (covered)
+        self.last: OrderedDict[Pair, Message] = OrderedDict()  # FIFO caps: see WindowTracker.last_values
+        self.closed: list[Closed] = []
+
+    def on_message(self, m: Message) -> list[Deviation]:
+        """A message of one of PROTOCOLS; its deviations from the baseline (a closed window goes to ``closed``)."""
+        ts = m.ts
+        t = self.tracker
+        start = t.start
+        if start is not None and ts < start + t.width:  # inside the current window: what _advance would do
+            if ts > self.prev_ts:
+                self.prev_ts = ts
+        else:
+            self._advance(ts)
+        p = pair_of(m)
+        t.add(m, p)
+        last = self.last
+        last[p] = m
+        if len(last) > 50_000:
+            last.popitem(last=False)
+        return self.baseline.check_message(m, p) if self.use_baseline else []
+
+    def on_time(self, ts: int) -> None:
+        self._advance(ts)
+
+    def close(self) -> None:
+        self._finish()
+
+    def _window(self, start: int, wins: dict[Pair, Window], ts: int | None) -> list[Alert]:
+        model, last, b = self.model, self.last, self.baseline
+        score = self.use_model and bool(model.groups)
+        if score and not self.sharded:
+            score = covered(start, ts, self.first_ts, self.prev_ts, self.tracker.width)
+        secs = self.tracker.seconds
+        seen: set[str] = set()
+        out: list[PairWindow] = []
+        for p, w in wins.items():
+            m = last.get(p)
+            devs = b.check_pair(p, w, m, seen) if self.use_baseline else []
+            x = w.vector(secs) if score and m is not None and model.group_for(pair_str(p), p[2]) else None
+            out.append(PairWindow(p, w.first, devs, x, m if x is not None else None))
+        if self.use_baseline:
+            b.end_window(seen)
+        self.closed.append(Closed(start, ts, self.prev_ts, out))
+        return []
+
+    def score(self, items: list[tuple[int, int, Any]], out: list[tuple[int, int, Any]],
+              portable: Callable[[Message], Message]) -> None:  # fmt: skip
+        """A worker's loop (sensor.parallel): messages, ticks (int) and the end of input (None), each with its
+        replay key (record key, flow), in order. Appends what the parent's AnomalyDetector needs, as keyed
+        ``Part``s: a message's deviations under its key, a window closed at a tick just before the tick (flow -1),
+        whose messages are made ``portable`` (no packet bytes)."""
+        t = self.tracker
+        for item in items:
+            hi, c, x = item
+            if type(x) is int:
+                self._advance(x)
+                c = -1
+            elif x is None:
+                self._finish()
+            elif x.protocol in PROTOCOLS:
+                t.key = item
+                devs = self.on_message(x)
+                if devs:
+                    out.append((hi, c, Part(DEVIATIONS, (x.ts, [_portable_dev(d, portable) for d in devs]))))
+            if self.closed:
+                for w in self.closed:
+                    pairs = [PairWindow(e.pair, e.key[:2], [_portable_dev(d, portable) for d in e.deviations], e.vector,
+                                        None if e.last is None else portable(e.last)) for e in w.pairs]  # fmt: skip
+                    out.append((hi, c, Part(WINDOW, Closed(w.start, w.ts, w.prev_ts, pairs))))
+                self.closed.clear()
+
+
+def _portable_dev(d: Deviation, portable: Callable[[Message], Message]) -> Deviation:
+    return replace(d, message=portable(d.message))
+
+
+class AnomalyDetector:
+    """Scores messages and windows against a model; see LearnOptions for ``learn``. The per-pair work is a
+    PairScorer's: its own, or (``shard``) one in each worker of a parallel replay, whose Parts it merges."""
 
     name = "anomaly"
 
@@ -171,57 +295,102 @@ class AnomalyDetector(_Windowed):
         self, model: Model, learn: LearnOptions | None = None, repeat_seconds: float = 600.0,
         use_baseline: bool = True, use_model: bool = True,
     ) -> None:  # fmt: skip
-        super().__init__(model.window_seconds)
         self.model = model
         self.baseline = model.baseline
         self.learner = SlowLearner(model.baseline, learn) if learn else None
         self.repeat_ns = int(repeat_seconds * 1e9)
-        self.use_baseline = use_baseline
         self.use_model = use_model
+        self.pairs: PairScorer | None = PairScorer(model, use_baseline, use_model)  # None: sharded (see shard)
+        self.width = self.pairs.tracker.width
+        self.seconds = self.pairs.tracker.seconds
         self.suppressed: OrderedDict[str, int] = OrderedDict()  # dedup key -> capture time until which repeats are dropped
         self.repeats = 0
-        self.last: OrderedDict[Pair, Message] = OrderedDict()  # FIFO caps: see WindowTracker.last_values
         self.windows_scored = 0
         self.near: dict[Pair, Near] = {}  # pair -> its last scored window's nearest training windows (a cache)
         self._names: dict[tuple[str, ...], dict[str, Any]] = {}
         span = model.baseline.last_ns - model.baseline.first_ns
         self.span = span_words(span)
+        # sharded: the windows the workers closed at the coming tick, the first tick and the latest time seen
+        self._parts: list[Closed] = []
+        self.first_ts: int | None = None
+        self.prev_ts = 0
+
+    def shard(self, tick_ns: int) -> tuple[Callable[[], PairScorer], int] | None:
+        """For a parallel replay whose parent ticks every ``tick_ns`` (aligned: pipeline.next_tick): a maker of the
+        PairScorer each worker runs on its flows, and the tick period the workers need (the window: every window
+        then closes at a tick record, in every worker and in the parent). From then on this detector merges the
+        workers' Parts (``on_part``) and ignores messages. None, and nothing changes, when it cannot be split:
+        slow learning changes the baseline the workers read; a window not a whole number of ticks would not
+        close at a tick."""
+        pairs = self.pairs
+        if pairs is None or self.learner is not None or self.width % tick_ns:
+            return None
+        self.pairs = None
+        use_baseline, use_model = pairs.use_baseline, pairs.use_model
+        return (lambda: PairScorer(self.model, use_baseline, use_model, sharded=True)), self.width
 
     def on_message(self, m: Message | Anomaly) -> Iterable[Alert]:
-        if type(m) is not Message or m.protocol not in PROTOCOLS:
+        pairs = self.pairs
+        if pairs is None or type(m) is not Message or m.protocol not in PROTOCOLS:
             return ()
-        ts = m.ts
-        t = self.tracker
-        start = t.start
-        if start is not None and ts < start + t.width:  # inside the current window: what _advance would do
-            if ts > self.prev_ts:
-                self.prev_ts = ts
-            out: list[Alert] = []
-        else:
-            out = self._advance(ts)
-        p = pair_of(m)
-        t.add(m, p)
-        last = self.last
-        last[p] = m
-        if len(last) > 50_000:
-            last.popitem(last=False)
-        if self.use_baseline:
-            devs = self.baseline.check_message(m, p)
-            if devs:
-                if self.learner:
-                    self.learner.observe(devs, m)
-                out += [a for d in devs if (a := self._deviation_alert(d, ts)) is not None]
+        devs = pairs.on_message(m)
+        out = self._closed() if pairs.closed else []
+        if devs:
+            if self.learner:
+                self.learner.observe(devs, m)
+            out += self._deviations(devs, m.ts)
         return out
 
     def on_time(self, ts: int) -> Iterable[Alert]:
-        return self._advance(ts)
+        pairs = self.pairs
+        if pairs is not None:
+            pairs.on_time(ts)
+            return self._closed() if pairs.closed else ()
+        if self.first_ts is None:
+            self.first_ts = ts
+        out = self._merge(ts) if self._parts else ()
+        self.prev_ts = max(self.prev_ts, ts)
+        return out
+
+    def on_part(self, part: Part) -> Iterable[Alert]:
+        """What a worker's PairScorer sent (``shard``): a message's deviations now; a closed window at the tick that
+        follows, with the other workers' parts of it (they sort before the tick: PairScorer.score)."""
+        if part.kind == DEVIATIONS:
+            ts, devs = part.data
+            return self._deviations(devs, ts)
+        self._parts.append(part.data)
+        return ()
 
     def close(self) -> Iterable[Alert]:
-        out = self._finish()
+        if self.pairs is not None:
+            self.pairs.close()
+            out = self._closed()
+        else:
+            out = self._merge(None) if self._parts else []
         if self.learner:
             for e in self.baseline.mqtt.values():
                 e["patterns"] = topic_patterns(list(e["pub"]))
         return out
+
+    def _closed(self) -> list[Alert]:
+        """The windows our own PairScorer closed."""
+        pairs = self.pairs
+        assert pairs is not None
+        out: list[Alert] = []
+        for w in pairs.closed:
+            out += self._judge(w.start, w.pairs, covered(w.start, w.ts, pairs.first_ts, w.prev_ts, self.width))
+        pairs.closed.clear()
+        return out
+
+    def _merge(self, ts: int | None) -> list[Alert]:
+        """The workers' parts of the window closed at ``ts``: their pairs in the order of their first messages in
+        the replay (the order one PairScorer holds them in, so the model's batches are the same), and the latest
+        time seen before ``ts`` by any of them or by the ticks."""
+        parts, self._parts = self._parts, []
+        start = parts[0].start
+        self.prev_ts = max(self.prev_ts, *(w.prev_ts for w in parts))
+        pairs = sorted((e for w in parts for e in w.pairs), key=attrgetter("key"))
+        return self._judge(start, pairs, covered(start, ts, self.first_ts, self.prev_ts, self.width))
 
     # -- alerts ------------------------------------------------------------------------------------------------
     def _fresh(self, key: str, ts: int) -> bool:
@@ -241,6 +410,9 @@ class AnomalyDetector(_Windowed):
             t = self._names[techniques] = {"technique": {"name": names}, "tactic": {"name": tactics}}
         return t
 
+    def _deviations(self, devs: list[Deviation], ts: int) -> list[Alert]:
+        return [a for d in devs if (a := self._deviation_alert(d, ts)) is not None]
+
     def _deviation_alert(self, d: Deviation, ts: int) -> Alert | None:
         if not self._fresh(f"{d.kind}|{d.key}", ts):
             return None
@@ -253,22 +425,18 @@ class AnomalyDetector(_Windowed):
             rule_category="baseline",
         )  # fmt: skip
 
-    def _window(self, start: int, wins: dict[Pair, Window], full: bool) -> list[Alert]:
-        out: list[Alert] = []
-        end = start + self.tracker.width
-        if self.use_baseline:
-            for d in self.baseline.check_window(start, wins, self.last):
-                a = self._deviation_alert(d, end)
-                if a is not None:
-                    out.append(a)
+    def _judge(self, start: int, pairs: list[PairWindow], full: bool) -> list[Alert]:
+        """Alerts of a closed window: the pairs' deviations, then (a covered window) the model's scores."""
+        end = start + self.width
+        out = [a for e in pairs for d in e.deviations if (a := self._deviation_alert(d, end)) is not None]
         if not (full and self.use_model and self.model.groups):
             return out
-        secs = self.tracker.seconds
-        by_group: dict[str, list[tuple[Pair, list[float]]]] = {}
-        for p, w in wins.items():
-            g = self.model.group_for(pair_str(p), p[2])
-            if g is not None and p in self.last:
-                by_group.setdefault(g.key, []).append((p, w.vector(secs)))
+        by_group: dict[str, list[PairWindow]] = {}
+        for e in pairs:
+            if e.vector is not None:
+                g = self.model.group_for(pair_str(e.pair), e.pair[2])
+                if g is not None:
+                    by_group.setdefault(g.key, []).append(e)
         for key, items in by_group.items():
             g = self.model.groups[key]
             self.windows_scored += len(items)
@@ -277,21 +445,22 @@ class AnomalyDetector(_Windowed):
                 # Otherwise every row is scored, in one batch as before: a row's float32 score can differ in its
                 # last bits with the batch's size (matrix product kernels), and the alerts print it.
                 near = self.near
-                if all((n := near.get(p)) is not None and g.forest.below(x, g.threshold, n) for p, x in items):
+                if all((n := near.get(e.pair)) is not None and g.forest.below(e.vector, g.threshold, n) for e in items):
                     continue
-                scores, found = g.forest.score_near(np.asarray([x for _, x in items]))
+                scores, found = g.forest.score_near(np.asarray([e.vector for e in items]))
                 if len(near) + len(items) > MAX_NEAR:
                     near.clear()
-                near.update(islice(zip([p for p, _ in items], found, strict=True), MAX_NEAR))
+                near.update(islice(zip([e.pair for e in items], found, strict=True), MAX_NEAR))
             else:
-                scores = g.forest.score(np.asarray([x for _, x in items]))
-            for (p, x), s in zip(items, scores, strict=True):
-                if s > g.threshold and self._fresh(f"model|{pair_str(p)}", end):
-                    out.append(self._model_alert(p, x, float(s), g, start, end))
+                scores = g.forest.score(np.asarray([e.vector for e in items]))
+            for e, s in zip(items, scores, strict=True):
+                if s > g.threshold and self._fresh(f"model|{pair_str(e.pair)}", end):
+                    out.append(self._model_alert(e, float(s), g, start, end))
         return out
 
-    def _model_alert(self, p: Pair, x: list[float], score: float, g: Any, start: int, end: int) -> Alert:
-        stand = g.standouts(x)
+    def _model_alert(self, e: PairWindow, score: float, g: Any, start: int, end: int) -> Alert:
+        p = e.pair
+        stand = g.standouts(e.vector)
         for s in stand:
             if s["feature"] in LOG_FEATURES:
                 s["value"] = round(math.expm1(s["value"]), 3)
@@ -308,16 +477,16 @@ class AnomalyDetector(_Windowed):
             ts=end, rule_id="ICS-MODEL-WINDOW", rule_name="Anomaly model: unusual traffic window",
             description="A per-pair time window scored above the threshold learned from training windows.",
             severity="medium", techniques=techniques, attack_version=ATTACK_VERSION, detector="model",
-            message=self.last[p], first_ts=start, last_ts=end,
+            message=e.last, first_ts=start, last_ts=end,
             explanation=(
-                f"{p[0]} to {p[1]} port {p[3]} ({p[2]}), {self.tracker.seconds:g} s window from {when} UTC "
+                f"{p[0]} to {p[1]} port {p[3]} ({p[2]}), {self.seconds:g} s window from {when} UTC "
                 f"({clock(start)}): anomaly score {score:.3f} above threshold {g.threshold:.3f} learned from "
                 f"{g.windows:,} windows of {scope} in {self.span} of training; most unusual: {words}"
             ),
             score=min(1.0, 0.5 * score / g.threshold) if g.threshold > 0 else 1.0,  # 0.5 at the threshold
             extra={
                 "model": {"score": round(score, 4), "threshold": round(g.threshold, 4), "group": g.key,
-                          "window_start_ns": start, "window_seconds": self.tracker.seconds, "features": stand},
+                          "window_start_ns": start, "window_seconds": self.seconds, "features": stand},
                 "threat": self._threat(techniques),
             },
             rule_category="model",

@@ -142,6 +142,7 @@ class Window:
     messages: int = 0
     # request signature -> timestamps (ns) of its requests, for polling periods
     signatures: dict[Any, list[int]] = field(default_factory=dict)
+    first: Any = None  # the tracker's ``key`` when the window's first message came (PairScorer.score)
 
     def vector(self, seconds: float) -> list[float]:
         """The feature vector in FEATURE_NAMES order."""
@@ -189,6 +190,7 @@ class WindowTracker:
         self.evicted = 0
         self.pairs_dropped = 0
         self._blocks: dict[tuple[Any, ...], tuple[str, ...]] = {}  # see _block
+        self.key: Any = None  # where the message being added is in the replay (set by PairScorer.score)
 
     def due(self, ts: int) -> bool:
         return self.start is not None and ts >= self.start + self.width
@@ -252,7 +254,7 @@ class WindowTracker:
                 # (the baseline still checks each message), and the drop is counted.
                 self.pairs_dropped += 1
                 return
-            w = self.windows[pair] = Window()
+            w = self.windows[pair] = Window(first=self.key)
         proto = m.protocol
         if proto == "modbus":
             self._add_modbus(w, m, pair)
