@@ -22,7 +22,7 @@ from sensor.parallel import (
     ParallelError,
     ShardPipeline,
     SkipState,
-    _first_above,
+    _ticks,
     even_shards,
     make_skip,
     merge_stats,
@@ -31,7 +31,7 @@ from sensor.parallel import (
     shard_of,
     weigh_shards,
 )
-from sensor.pipeline import Outputs, Pipeline
+from sensor.pipeline import Outputs, Pipeline, next_tick
 from sensor.source import CaptureError, SourceReport, expand_paths, read_captures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -463,31 +463,36 @@ def test_rotated_and_overlapping_files_identical_with_the_readers_filter(tmp_pat
     assert stats["tcp"]["evicted_idle"] >= 28
 
 
-def test_first_above_finds_what_a_scan_of_the_whole_rest_finds() -> None:
-    """The batch filter's search for the next record past a time (a sweep or tick is due there), in growing
-    slices: the same index as comparing everything from ``pos`` on, timestamps out of order included."""
+def test_ticks_found_at_once_are_those_of_a_loop_over_the_records() -> None:
+    """The batch filter finds the records where a tick is due all at once (``_ticks``): the same records as the
+    worker's loop (a tick when the time reaches the next tick, which is then the next whole period), timestamps
+    out of order included, from any state of the loop."""
     rng = np.random.default_rng(3)
-    for n in (1, 5, 64, 65, 300, 5000):
-        ts = np.sort(rng.integers(0, 10**6, n)) + rng.integers(-2000, 2000, n) * (rng.random(n) < 0.1)
-        for pos in {0, n // 3, n - 1}:
-            for thr in (-1, int(ts[pos]), int(np.median(ts)), int(ts.max()) - 1, int(ts.max())):
-                later = np.flatnonzero(ts[pos:] > thr)
-                assert _first_above(ts, pos, thr) == (pos + int(later[0]) if len(later) else -1), (n, pos, thr)
+    period = 1_000_000_000
+    for n in (1, 5, 300, 5000):
+        ts = np.sort(rng.integers(0, 40 * period, n)) + rng.integers(-3 * period, 3 * period, n) * (rng.random(n) < 0.1)
+        for tick_at in (0, int(ts[0]) - int(ts[0]) % period + period, 20 * period):
+            want, at = [], tick_at
+            for t in ts.tolist():
+                want.append(t >= at)
+                if t >= at:
+                    at = next_tick(t, period)
+            assert _ticks(ts, tick_at, period).tolist() == want, (n, tick_at)
 
 
 @pytest.mark.parametrize("name", ["normal_train", "attacks_mixed"])
 def test_weighed_shards_balance_a_few_long_connections(name: str) -> None:
     """A plant capture is a few long polling connections: the hash split the test captures' TCP packets 1294/624
     and 3156/314 between 2 workers. The weighed map (the capture's head counted per bucket, heaviest bucket to
-    the least loaded worker) splits them within one bucket's packets of even, as largest-first assignment
-    guarantees."""
+    the least loaded worker) splits the packets that carry data (the decoders' work) within one bucket's of even,
+    as largest-first assignment guarantees."""
     cap = ROOT / "tests" / "data" / "anomaly" / f"{name}.pcap.gz"
     shards = weigh_shards([str(cap)], 2)
     assert sorted(set(shards.workers)) == [0, 1] and abs(shards.workers.count(0) - shards.workers.count(1)) <= 1
     frames, buckets = FrameDecoder(), [0] * len(BUCKET_IDS.workers)
     for r in read_captures([str(cap)], SourceReport()):
         seg = frames.decode(r.ts, r.linktype, r.data)
-        if seg is not None and seg.proto == 6:
+        if seg is not None and seg.proto == 6 and seg.payload:
             buckets[segment_shard(seg, BUCKET_IDS)] += 1
     weighed, even = [0, 0], [0, 0]
     for b, c in enumerate(buckets):
