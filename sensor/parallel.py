@@ -87,7 +87,7 @@ PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _MIX_A, _MIX_B = 0x9E3779B1, 0x85EBCA77  # odd 32-bit multipliers (golden ratio; murmur3's) for the flow hash
 BUCKETS = 64  # the flow hash's buckets; a Shards map gives each one a worker (weigh_shards)
-SAMPLE_PACKETS = 1 << 18  # packets at the head of the capture that weigh the buckets
+SAMPLE_PACKETS = 1 << 16  # packets at the head of the capture that weigh the buckets
 # Ethernet + IPv4 + TCP fields for the fast path: ethertype, version/IHL, total length, flags/fragment offset,
 # protocol, source, destination, source port, destination port, TCP data offset.
 _ETH_IP_TCP = struct.Struct("!12xHBxH2xHxB2xIIHH8xB")
@@ -170,7 +170,7 @@ def weigh_shards(files: list[str], n: int, by_host: bool = False) -> Shards:
     142,264 / 138,346 packets but 140,000 / 112,600 carrying data, and spent 3.0 / 2.2 s of CPU (with the model):
     half the packets of some MQTT connections are bare ACKs. Every worker gets the same map (computed once, before the
     fork), so any map gives the documents of one process. Read through the reader's vectorised filter, which
-    drops every record: about 0.1 s for the sample. A capture that cannot be read gets the even map (the workers
+    drops every record: about 0.02 s for the sample. A capture that cannot be read gets the even map (the workers
     report the error)."""
     counts = np.zeros(BUCKETS, np.int64)
 
@@ -252,7 +252,7 @@ class SkipState:
     """
 
     __slots__ = ("base", "crossed", "horizon", "left", "max_dropped", "mine", "offset", "owner", "path", "report",
-                 "start", "thr", "ts")  # fmt: skip
+                 "start", "thr", "ticks", "ts")  # fmt: skip
 
     def __init__(self, path: str, report: SourceReport) -> None:
         self.path, self.report = path, report
@@ -266,6 +266,9 @@ class SkipState:
         # One set, updated in place: the batch filter's for its buffer, the per-record filter's last record.
         self.mine: set[int] = set()
         self.max_dropped = 0
+        # (record position, time) of the ticks due at records the batch filter dropped, in order: run_shard runs
+        # each before the next record it sees (the buffer's last record is always passed on, so none is left).
+        self.ticks: deque[tuple[int, int]] = deque()
         self.base, self.horizon, self.crossed = 0, NEVER_TS, False
 
 
@@ -319,9 +322,11 @@ def _select(
     """``make_skip`` for a whole buffer of records (``source.Batch``), vectorised: which ones worker ``me`` must see.
 
     The same decisions as the per-record filter, with the clock rules simulated across the buffer: a record is
-    passed on when it is this worker's, off the fast path, where a tick is due (for a worker that ticks),
-    later than the time up to which nothing can happen (the next idle sweep), or the buffer's last (so the
-    worker's watermark keeps moving). After a passed record the sweep time is advanced as the worker will advance
+    passed on when it is this worker's, off the fast path, later than the time up to which nothing can happen
+    (the next idle sweep), or the buffer's last (so the worker's watermark keeps moving). Where a worker that
+    ticks has a tick due at a record dropped here, the tick is handed over instead (``st.ticks``): a tick
+    needs the record's position and time only, and passing on such records (every third one of the held-out
+    capture, for the worker that ticks every second) cost that worker 0.2 s of its 2.5. After a passed record the sweep time is advanced as the worker will advance
     it; after a passed record off the fast path (a segment or not: unknown here) it is not, and every later
     record of the buffer past the old time is passed on: never fewer records than needed.
 
@@ -349,8 +354,6 @@ def _select(
             keep[h:] = True
             st.crossed = True
     s0 = max(st.start - first, 0)  # the first record run_shard processes (a resumed replay passes over the others)
-    if owner.tick_ns:  # ticks depend on every record's time only: found at once (_ticks)
-        keep[s0:] |= _ticks(ts[s0:], owner._next_tick, owner.tick_ns)
     # The sweeps, as the worker will run them over this buffer (its state now: every earlier record is processed).
     # A sweep is due at the first record past ``last_sweep + sweep_ns``: its time then moves the clock (which is
     # never past that time), so that record sweeps. Found by bisecting the running maximum of the times.
@@ -366,6 +369,9 @@ def _select(
             keep[i:] |= ts[i:] > thr
             break
         last_sweep = int(ts[i])
+    if owner.tick_ns:  # ticks depend on every record's time only: found at once, handed over where dropped
+        due = np.flatnonzero(_ticks(ts[s0:], owner._next_tick, owner.tick_ns) & ~keep[s0:]) + s0
+        st.ticks.extend(zip((due + (first + 1)).tolist(), ts[due].tolist(), strict=True))
     gone = np.flatnonzero(~keep)
     if len(gone):
         st.max_dropped = max(st.max_dropped, int(ts[gone].max()))
@@ -626,6 +632,20 @@ class ShardPipeline(Pipeline):
         self.wpos = start + n
         return start
 
+    def _tick_at(self, r: int, ts: int) -> None:
+        """A tick is due at record ``r`` (time ``ts``): shipped for the parent's detectors (worker 0), given to the
+        scorer; the filter may drop records up to the next one."""
+        c = self.counters
+        if c.first_ts is None:
+            c.first_ts = ts
+        self._next_tick = next_tick_at(ts, self.tick_ns or TICK_NS)
+        if self.ticks:
+            self.det.append(((r << 2) | PH_TICK, 0, ts))
+        if self.scorer is not None:
+            self._scoring.append(((r << 2) | PH_TICK, 0, ts))
+        if self.skip_state is not None:
+            self._set_thr()
+
     def _sweep(self, ts: int, rec: Record, r: int) -> None:
         """The idle sweep FlowTable.process would run at this record (every worker runs it at the same records)."""
         self.hi = (r << 2) | PH_SWEEP
@@ -656,13 +676,13 @@ class ShardPipeline(Pipeline):
         c = self.counters
         packets = c.packets
         nbytes = c.bytes
-        ticks, tick_ns, scoring = self.ticks, self.tick_ns or TICK_NS, self.scorer is not None
         next_wm = start + WATERMARK_EVERY
         rec: Record | None = None
         r = start
         before = 0  # bytes of the records passed over (resumed, with st)
         next_tick = self._next_tick
         tcp = _TCP.unpack_from
+        dropped_ticks = st.ticks if st is not None else deque()
         for rec in records:
             if st is None:
                 r += 1
@@ -673,6 +693,10 @@ class ShardPipeline(Pipeline):
                     before += len(rec.data)
                     rec = None
                     continue
+                if dropped_ticks and dropped_ticks[0][0] < r:
+                    while dropped_ticks and dropped_ticks[0][0] < r:
+                        self._tick_at(*dropped_ticks.popleft())
+                    next_tick = self._next_tick
             if r >= next_wm:
                 next_wm = r + WATERMARK_EVERY
                 self._flush_events()
@@ -683,16 +707,9 @@ class ShardPipeline(Pipeline):
             data = rec.data
             ts = rec.ts
             if ts >= next_tick:
-                if c.first_ts is None:
-                    c.first_ts = ts
                 c.packets, c.bytes = r - start, nbytes
-                next_tick = self._next_tick = next_tick_at(ts, tick_ns)
-                if ticks:
-                    self.det.append(((r << 2) | PH_TICK, 0, ts))
-                if scoring:
-                    self._scoring.append(((r << 2) | PH_TICK, 0, ts))
-                if st is not None:
-                    self._set_thr()
+                self._tick_at(r, ts)
+                next_tick = self._next_tick
             # The fast path (Ethernet, IPv4 without options, TCP) is sharded from the raw bytes, and a Segment is
             # built only for this worker's packets (as FrameDecoder's fast path builds it); any other frame goes
             # through FrameDecoder.

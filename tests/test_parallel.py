@@ -500,3 +500,48 @@ def test_weighed_shards_balance_a_few_long_connections(name: str) -> None:
         even[even_shards(2).workers[b]] += c
     assert abs(weighed[0] - weighed[1]) <= max(buckets)
     assert max(weighed) < max(even), (weighed, even)
+
+
+class _TickLog:
+    """A stand-in for a worker's scorer (PairScorer.score's items): records the ticks it is handed."""
+
+    def __init__(self) -> None:
+        self.ticks: list[tuple[int, int]] = []
+
+    def score(self, items: list[tuple[int, int, Any]], out: list[Any], portable: Any) -> None:
+        self.ticks += [(hi >> 2, x) for hi, _c, x in items if type(x) is int]
+
+
+@pytest.mark.parametrize("chunk", [512, 1 << 20])
+def test_every_tick_is_at_the_record_where_one_process_ticks(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """A tick is due where a record's time reaches the next whole period. The batch filter drops most records of
+    the other workers' flows and hands over the ticks due at them (SkipState.ticks): the worker that ships ticks
+    (every second) and one whose scorer ticks at its windows (here 10 s) must each tick at exactly the records,
+    and times, where a loop over every record ticks."""
+    import sensor.source
+
+    monkeypatch.setattr(sensor.source, "CHUNK", chunk)
+    cap = ROOT / "tests" / "data" / "anomaly" / "attacks_mixed.pcap.gz"
+    every = list(read_captures([str(cap)], SourceReport()))
+
+    def expected(period: int) -> list[tuple[int, int]]:
+        out, at = [], 0
+        for i, r in enumerate(every, 1):
+            if r.ts >= at:
+                out.append((i, r.ts))
+                at = next_tick(r.ts, period)
+        return out
+
+    second = 1_000_000_000
+    for me, ships, period in ((0, True, second), (1, False, 10 * second)):
+        rep = SourceReport()
+        st = SkipState(str(cap), rep)
+        log = _TickLog()
+        q = ShardPipeline(load_config(None), None, me, 2, None, False, None, ships, log, period)
+        q.open()
+        seen: list[int] = []
+        q.run_shard((seen.append(r.frame) or r for r in read_captures([str(cap)], rep, make_skip(me, 2, st))), st)
+        q.finish()
+        want = expected(period)
+        assert len(want) > 20 and log.ticks == want, me
+        assert len(seen) < len(every) and not {i for i, _ in want} <= set(seen)  # some ticks were handed over
