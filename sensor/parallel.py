@@ -509,9 +509,12 @@ class _LineSink:
 
 
 def _packetless(m: Message) -> Message:
-    """m pointing at its packet without the packet's bytes (a Record is its own PacketRef), to ship."""
+    """m pointing at its packet without the packet's bytes (a Record is its own PacketRef), to ship. Built from
+    its values: ``dataclasses.replace`` costs three times as much."""
     p = m.packet
-    return dataclasses.replace(m, packet=PacketRef(p.file, p.frame, p.offset))
+    vals = list(_msg_values(m))
+    vals[_PACKET_AT] = PacketRef(p.file, p.frame, p.offset)
+    return Message(*vals)
 
 
 class ShardPipeline(Pipeline):
