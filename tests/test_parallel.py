@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -252,6 +253,19 @@ def test_cli_workers_option(tmp_path: Path) -> None:
         assert "packets:" in run.stderr
         outs.append(ev.read_bytes())
     assert outs[0] == outs[1] and outs[0]
+
+
+def test_default_workers_start_lower_with_the_model(tmp_path: Path) -> None:
+    """One worker per CPU from 64 MiB of captures, from 8 MiB with the model (its per-pair half runs in the
+    workers, and a message costs about twice as much)."""
+    from sensor.cli import AUTO_PARALLEL_MODEL_BYTES, default_workers
+
+    cpus = os.cpu_count() or 1
+    cap = tmp_path / "ten_mb.pcap"
+    with open(cap, "wb") as f:
+        f.truncate(10 << 20)
+    assert default_workers([str(cap)]) == 1
+    assert default_workers([str(cap)], AUTO_PARALLEL_MODEL_BYTES) == (cpus if cpus >= 2 else 1)
 
 
 def test_crafted_sweeps_fragments_vlan_ipv6_identical(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The learned baseline: who talks to whom, with which functions, addresses, values, topics and polling periods.
 
 Everything is plain JSON (string keys), bounded by caps; an entry pushed out by a cap is counted in ``evicted``.
-Training calls ``learn_message`` and ``learn_window``; scoring calls ``check_message`` and ``check_window``, which
+Training calls ``learn_message`` and ``learn_window``; scoring calls ``check_message`` and ``check_pair``, which
 return ``Deviation``s whose explanation says what was seen, what was learned and over how much training.
 """
 
@@ -475,19 +475,10 @@ class Baseline:
                     break
         return out
 
-    def check_window(self, start: int, windows: dict[Pair, Window], last: dict[Pair, Message]) -> list[Deviation]:
-        """Rates and polling periods of one closed window against the learned bounds."""
-        out: list[Deviation] = []
-        seen: set[str] = set()
-        for p, w in windows.items():
-            out += self.check_pair(p, w, last.get(p), seen)
-        self.end_window(seen)
-        return out
-
     def check_pair(self, p: Pair, w: Window, m: Message | None, seen: set[str]) -> list[Deviation]:
-        """One pair's share of ``check_window`` (``m``: its last message); the polling signatures it checked are
-        added to ``seen`` for ``end_window``. Per pair, so the pairs of a window can be checked apart (each
-        worker of a parallel replay checks its own)."""
+        """Rates and polling periods of one pair in a closed window against the learned bounds (``m``: its last
+        message); the polling signatures checked are added to ``seen``, and ``end_window(seen)`` follows the
+        window's last pair. Per pair, so that each worker of a parallel replay checks its own pairs."""
         pk = pair_str(p)
         s = self.pairs.get(pk)
         if s is None or m is None:

@@ -264,10 +264,10 @@ class PairScorer(_Windowed):
         for item in items:
             hi, c, x = item
             if type(x) is int:
-                self._advance(x)
+                self.on_time(x)
                 c = -1
             elif x is None:
-                self._finish()
+                self.close()
             elif x.protocol in PROTOCOLS:
                 t.key = item
                 devs = self.on_message(x)
