@@ -486,26 +486,20 @@ class Baseline:
         out: list[Deviation] = []
         span = self.training_span()
         secs = self.window_seconds
-        limit = math.ceil(s["max_requests"] * 1.5) + 2
-        if w.requests > limit:
-            out.append(Deviation(
-                "request_rate", f"{pk}|rate", "Baseline: request rate above the learned maximum",
-                f"{w.requests} requests from {p[0]} to {p[1]} port {p[3]} in {secs:g} s, at most "
-                f"{int(s['max_requests'])} per {secs:g} s window in {span} of training",
-                "medium", ("T0814",), m,
-                {"requests": w.requests, "learned_max_requests": s["max_requests"], "window_seconds": secs},
-                learnable=False,
-            ))  # fmt: skip
-        wlimit = math.ceil(s["max_writes"] * 1.5) + 2
-        if w.writes > wlimit:
-            out.append(Deviation(
-                "write_rate", f"{pk}|writes", "Baseline: write rate above the learned maximum",
-                f"{w.writes} writes from {p[0]} to {p[1]} port {p[3]} in {secs:g} s, at most "
-                f"{int(s['max_writes'])} per {secs:g} s window in {span} of training",
-                "high", ("T0855", "T0836"), m,
-                {"writes": w.writes, "learned_max_writes": s["max_writes"], "window_seconds": secs},
-                learnable=False,
-            ))  # fmt: skip
+        for n, noun, learned, severity, techniques in (
+            (w.requests, "requests", "max_requests", "medium", ("T0814",)),
+            (w.writes, "writes", "max_writes", "high", ("T0855", "T0836")),
+        ):
+            if n > math.ceil(s[learned] * 1.5) + 2:
+                what = noun.rstrip("s")
+                out.append(Deviation(
+                    f"{what}_rate", f"{pk}|{'rate' if noun == 'requests' else noun}",
+                    f"Baseline: {what} rate above the learned maximum",
+                    f"{n} {noun} from {p[0]} to {p[1]} port {p[3]} in {secs:g} s, at most "
+                    f"{int(s[learned])} per {secs:g} s window in {span} of training",
+                    severity, techniques, m, {noun: n, f"learned_{learned}": s[learned], "window_seconds": secs},
+                    learnable=False,
+                ))  # fmt: skip
         for sig, period in window_periods(w):
             k = f"{pk}|{sig!r}"
             lp = self.polls.get(k)
