@@ -45,8 +45,9 @@ are summed. With several input files the reader's filter works on each file read
 (rotated captures: all of them), up to its first record at or past the next file's first timestamp; records of
 files that interleave are built by every worker (``source._merge_lazily``).
 
-Known difference: when the flow-table cap is hit (stats ``tcp.evicted_cap`` > 0) each worker evicts from its own
-table, so which flows are evicted can differ from one process.
+Known differences: when the flow-table cap is hit (stats ``tcp.evicted_cap`` > 0) each worker evicts from its own
+table, so which flows are evicted can differ from one process; likewise the model's per-pair tables (remembered
+register values, last messages, pairs per window). Both are reported as problems of the replay.
 """
 
 from __future__ import annotations
@@ -801,6 +802,7 @@ def _work(
         done = {
             "stats": stats, "last_ts": p.counters.last_ts, "files": report.files, "problems": report.problems,
             "records": report.records, "bytes": report.bytes,
+            "scorer_evictions": p.scorer.evictions() if p.scorer is not None else 0,
         }  # fmt: skip
         body = pickle.dumps(done, pickle.HIGHEST_PROTOCOL)
         write_all(fd, [_HDR.pack(DONE, END + 1, 0, 0, len(body), -1, *p.progress), body])
@@ -1165,6 +1167,11 @@ def replay_parallel(
         report.problems.append(
             "flow table cap reached: with --workers each worker evicts from its own table, so the evicted flows"
             " (and their documents) can differ from a single-process replay"
+        )
+    if any(d.get("scorer_evictions") for d in done):
+        report.problems.append(
+            "the model's per-pair tables reached their caps: with --workers each worker evicts from its own, so the"
+            " model's window features (and alerts) can differ from a single-process replay"
         )
     if outputs.stats:
         doc = mapper.stats(first["last_ts"] or 0, total)

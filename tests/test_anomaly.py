@@ -485,3 +485,19 @@ def test_slow_learning_with_workers_keeps_the_whole_detector_in_the_parent(tmp_p
         assert run.returncode == 0, run.stderr
         outs.append(al.read_bytes())
     assert outs[0] and outs[1] == outs[0]
+
+
+def test_workers_report_when_the_models_tables_reach_their_caps(monkeypatch: pytest.MonkeyPatch, model_path: Path) -> None:
+    """Each worker evicts from its own per-pair tables, so past a cap the features can differ from one process's:
+    the replay says so, as it does for the flow table's cap."""
+    from sensor.parallel import replay_parallel
+    from sensor.pipeline import Outputs
+
+    def problems(memory: int) -> list[str]:
+        monkeypatch.setattr(features_mod, "MAX_VALUE_MEMORY", memory)  # the forked workers inherit it
+        rep = SourceReport()
+        detectors = [AnomalyDetector(Model.load(model_path))]
+        replay_parallel(load_config(None), [str(ATTACKS)], Outputs(), detectors, None, 2, rep)
+        return [p for p in rep.problems if "model's per-pair tables" in p]
+
+    assert problems(8) and not problems(100_000)

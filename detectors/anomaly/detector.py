@@ -27,6 +27,7 @@ ATTACK_VERSION = "18"
 LOG_FEATURES = {"requests", "iat_mean", "bytes", "write_value_delta"}  # stored as log(1+x), shown as x
 MAX_SUPPRESSED = 100_000
 MAX_NEAR = 50_000  # cached nearest training windows of pairs (cleared when full)
+MAX_LAST = 50_000  # pairs whose last message is kept (FIFO)
 
 
 class _Windowed:
@@ -210,6 +211,7 @@ class PairScorer(_Windowed):
         self.use_model = use_model
         self.sharded = sharded  # in a worker: whether a window was covered is decided in the parent (covered)
         self.last: OrderedDict[Pair, Message] = OrderedDict()  # FIFO caps: see WindowTracker.last_values
+        self.last_evicted = 0
         self.closed: list[Closed] = []
 
     def on_message(self, m: Message) -> list[Deviation]:
@@ -226,9 +228,15 @@ class PairScorer(_Windowed):
         t.add(m, p)
         last = self.last
         last[p] = m
-        if len(last) > 50_000:
+        if len(last) > MAX_LAST:
             last.popitem(last=False)
+            self.last_evicted += 1
         return self.baseline.check_message(m, p) if self.use_baseline else []
+
+    def evictions(self) -> int:
+        """Entries its capped tables pushed out (or, for a window's pairs, turned away): with several workers each
+        evicts from its own tables, so past a cap the features can differ from one process's."""
+        return self.tracker.evicted + self.tracker.pairs_dropped + self.last_evicted
 
     def on_time(self, ts: int) -> None:
         self._advance(ts)
