@@ -218,7 +218,8 @@ def replay(
         html_report.rule_pack = rule_pack_summary(detectors)
     detectors = [*detectors, *model_detectors(config, model_path, model_learn)]  # issue 6: learned baseline + model
     if workers is None:  # the model splits over the workers unless it keeps learning (AnomalyDetector.shard)
-        workers = default_workers(files, AUTO_PARALLEL_MODEL_BYTES if model_path and not model_learn else AUTO_PARALLEL_BYTES)
+        split = model_path and not model_learn
+        workers = default_workers(files, AUTO_PARALLEL_MODEL_BYTES if split else AUTO_PARALLEL_BYTES)
     workers = workers or os.cpu_count() or 1
     ndjson = [s for s in outputs.all() if isinstance(s, NdjsonSink)]
 
