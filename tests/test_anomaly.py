@@ -501,3 +501,34 @@ def test_workers_report_when_the_models_tables_reach_their_caps(monkeypatch: pyt
         return [p for p in rep.problems if "model's per-pair tables" in p]
 
     assert problems(8) and not problems(100_000)
+
+
+def test_resumed_replay_with_the_model_and_workers_equals_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted after a checkpoint and resumed with 2 workers, the model's half in each: the same alerts and
+    events as one process resumed from the same checkpoint (both start the detectors afresh at that record)."""
+    from tests.craft import write_pcap
+    from tests.test_checkpoint import Crash, _copy_interrupted, _die_after_second_checkpoint, _replay
+
+    model, _ = train_model(load_config(None), [str(TRAIN)], WINDOW, false_alarms_per_day=5000)
+    model.save(tmp_path / "m.npz")
+    recs = [(r.ts, r.data) for r in read_captures([str(ATTACKS)], SourceReport())]
+    span = recs[-1][0] - recs[0][0] + 3_600_000_000_000
+    cap = write_pcap(tmp_path / "four.pcap", 1, [(ts + k * span, d) for k in range(4) for ts, d in recs], nano=True)
+    run, one = tmp_path / "run", tmp_path / "one"
+    run.mkdir(), one.mkdir()
+    ckpt = str(run / "ck.json")
+    with_model = ("--model", str(tmp_path / "m.npz"))
+    saved = _die_after_second_checkpoint(monkeypatch)
+    res = _replay(cap, run, *with_model, "--checkpoint", ckpt, "--checkpoint-every", "0", "--workers", "2")
+    assert isinstance(res.exception, Crash) and 0 < saved[0] < saved[1] < 4 * len(recs)
+    monkeypatch.undo()
+    res = _replay(cap, one, *with_model, "--checkpoint", _copy_interrupted(run, ckpt, one), "--workers", "1")
+    assert res.exit_code == 0, res.output
+    res = _replay(cap, run, *with_model, "--checkpoint", ckpt, "--workers", "2")
+    assert res.exit_code == 0, res.output
+    for name in ("ev.ndjson", "al.ndjson"):
+        assert (run / name).read_bytes() == (one / name).read_bytes(), name
+    rulesets = {json.loads(line)["rule"]["ruleset"] for line in (one / "al.ndjson").read_bytes().splitlines()}
+    assert {"model", "baseline"} <= rulesets
