@@ -471,6 +471,8 @@ def test_the_detector_splits_for_workers_only_when_its_halves_agree(model_path: 
 
 
 def test_slow_learning_with_workers_keeps_the_whole_detector_in_the_parent(tmp_path: Path, model_path: Path) -> None:
+    """``--model-learn`` with workers: the detector does not split (what it learns changes the baseline every
+    message is checked against), runs whole in the parent on every message, and alerts as one process does."""
     import subprocess
     import sys
 
