@@ -15,6 +15,7 @@ import click
 from sensor import __version__
 from sensor.checkpoint import Checkpoint, CheckpointError
 from sensor.cli_es import attach_es, es_summary
+from sensor.cli_fail import fail
 from sensor.cli_rules import rule_detectors
 from sensor.config import Config, ConfigError, load_config
 from sensor.heap import retain_freed_buffers
@@ -74,11 +75,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-
-
-def fail(reason: str, code: int = 2) -> None:
-    click.echo(f"ics-sensor: error: {reason}", err=True)
-    sys.exit(code)
 
 
 def observer_from(config: Config) -> Observer:

@@ -80,7 +80,8 @@ def _line(doc: dict[str, Any]) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No table on stderr.")
 def assets(captures: tuple[str, ...], out: str, config_path: str | None, quiet: bool) -> None:
     """Passive asset inventory of captures: one ECS document per host (role, protocols, revealed device facts)."""
-    from sensor.cli import fail, observer_from, tune_gc
+    from sensor.cli import observer_from, tune_gc
+    from sensor.cli_fail import fail
     from sensor.outputs.memory import MemorySink
     from sensor.outputs.ndjson import NdjsonSink
     from sensor.pipeline import Outputs, Pipeline

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from sensor.cli_fail import fail
 from sensor.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -73,11 +74,6 @@ def es_summary(sink: ElasticsearchSink) -> str:
     )
 
 
-def _fail(reason: str) -> None:
-    click.echo(f"ics-sensor: error: {reason}", err=True)
-    sys.exit(2)
-
-
 def _connect(config_path: str | None, urls: tuple[str, ...], namespace: str | None) -> tuple[Any, dict[str, Any], EsSettings]:
     from elasticsearch import ApiError, TransportError
 
@@ -89,9 +85,9 @@ def _connect(config_path: str | None, urls: tuple[str, ...], namespace: str | No
             raise ConfigError("no Elasticsearch hosts: give --es URL or outputs.elasticsearch.hosts in --config")
         client, info = connect(s)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     except (ApiError, TransportError, EsError) as e:
-        _fail(str(e) if isinstance(e, EsError) else explain(e, s))
+        fail(str(e) if isinstance(e, EsError) else explain(e, s))
     return client, info, s
 
 
@@ -121,7 +117,7 @@ def setup(urls: tuple[str, ...], config_path: str | None, namespace: str | None,
     try:
         done = es_templates.install(client, force=force)
     except (ApiError, TransportError) as e:
-        _fail(explain(e, s))
+        fail(explain(e, s))
     finally:
         client.close()
     click.echo(f"elasticsearch {info['version']['number']} ({info.get('cluster_name', '?')})")
@@ -134,12 +130,12 @@ def setup(urls: tuple[str, ...], config_path: str | None, namespace: str | None,
         from sensor.outputs.kibana import KibanaError, import_dashboards
 
         if not _URL.match(kibana_url):
-            _fail(f"--kibana: {'<URL with credentials>' if '@' in kibana_url else repr(kibana_url)} is not an http(s)://host:port URL without credentials")
+            fail(f"--kibana: {'<URL with credentials>' if '@' in kibana_url else repr(kibana_url)} is not an http(s)://host:port URL without credentials")
         try:
             for line in import_dashboards(kibana_url, _auth(s), s.ca_file, s.verify_certs):
                 click.echo(f"  {line}")
         except (KibanaError, ConfigError) as e:
-            _fail(str(e))
+            fail(str(e))
     if any(line.startswith("skipped") for line in done):
         sys.exit(1)
 
@@ -158,7 +154,7 @@ def check(urls: tuple[str, ...], config_path: str | None) -> None:
     try:
         result = es_templates.check(client)
     except (ApiError, TransportError) as e:
-        _fail(explain(e, s))
+        fail(explain(e, s))
     finally:
         client.close()
     click.echo(f"elasticsearch {info['version']['number']} ({info.get('cluster_name', '?')}): reachable")

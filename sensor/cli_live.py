@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from typing import Any
 
 import click
 
+from sensor.cli_fail import fail
 from sensor.config import ConfigError, load_config
 from sensor.live import LiveCapture, LiveError, drop_privileges
 from sensor.outputs.ndjson import NdjsonSink
 from sensor.pipeline import Outputs, Pipeline
 
 STATS_EVERY_S = 60.0
-
-
-def _fail(reason: str) -> None:
-    click.echo(f"ics-sensor: error: {reason}", err=True)
-    sys.exit(2)
 
 
 @click.command()
@@ -49,14 +44,14 @@ def live(
     try:
         config = load_config(config_path)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     ifaces = list(interfaces) or list(config.raw["interfaces"])
     health = config.raw.get("health") or {}
     port = health_port if health_port is not None else health.get("port")
     try:
         capture = LiveCapture(ifaces, bpf or config.raw["bpf"])
     except LiveError as e:
-        _fail(str(e))
+        fail(str(e))
     server = None
     if port is not None:
         from sensor.health import HealthServer
@@ -70,7 +65,7 @@ def live(
     try:
         drop_privileges(user or health.get("user"))
     except (LiveError, KeyError, OSError) as e:
-        _fail(f"cannot drop privileges: {e}")
+        fail(f"cannot drop privileges: {e}")
 
     outputs = Outputs()
     for path, kind in ((events_path, "events"), (alerts_path, "alerts"), (stats_path, "stats")):
@@ -83,7 +78,7 @@ def live(
         try:
             es_sink = attach_es(outputs, config, es_urls)
         except ConfigError as e:
-            _fail(str(e))
+            fail(str(e))
     state: dict[str, Any] = {"reload": False}
 
     def build_detectors() -> list[Any]:
@@ -149,5 +144,5 @@ def config_check(path: str) -> None:
     try:
         load_config(path)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"{path}: ok")

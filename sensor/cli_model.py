@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,15 +17,11 @@ import click
 
 from detectors.anomaly import AnomalyDetector, Model, Trainer
 from detectors.anomaly.model import ALGORITHMS
+from sensor.cli_fail import fail
 from sensor.config import Config, ConfigError, load_config
 from sensor.messages import Alert
 from sensor.pipeline import Pipeline
 from sensor.source import CaptureError, SourceReport, expand_paths, read_captures
-
-
-def _fail(reason: str, code: int = 2) -> None:
-    click.echo(f"ics-sensor: error: {reason}", err=True)
-    sys.exit(code)
 
 
 def run_pipeline(config: Config, files: list[str], detectors: list[Any], on_alert: Callable[[Alert], None] | None = None) -> dict[str, Any]:
@@ -68,10 +63,9 @@ def train(captures: tuple[str, ...], model_path: str, config_path: str | None, w
         files = expand_paths(list(captures))
         model, stats = train_model(config, files, window, false_alarms_per_day, seed, algorithm)
     except (ConfigError, CaptureError) as e:
-        _fail(str(e))
-        return
+        fail(str(e))
     if not model.baseline.messages:
-        _fail("no Modbus, S7comm or MQTT message in the training captures; nothing learned")
+        fail("no Modbus, S7comm or MQTT message in the training captures; nothing learned")
     model.save(model_path)
     click.echo(f"trained on {len(files)} capture(s), {stats['packets']:,} packets -> {model_path}", err=True)
     click.echo(model.describe(), err=True)
@@ -198,7 +192,6 @@ def evaluate(data_dir: str, config_path: str | None, window: float, false_alarms
         config = load_config(config_path)
         result = evaluate_dir(Path(data_dir), config, window, false_alarms_per_day, seed, click.echo, algorithm)
     except (ConfigError, CaptureError) as e:
-        _fail(str(e))
-        return
+        fail(str(e))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=1))

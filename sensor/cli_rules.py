@@ -16,15 +16,11 @@ import click
 
 from detectors.rules import Rule, RuleEngine, RuleLoadError, RuleTest, load_rules, rule_paths, rule_status
 from detectors.rules.lint import lint
+from sensor.cli_fail import fail
 from sensor.config import Config, ConfigError, load_config
 from sensor.outputs.memory import MemorySink
 from sensor.pipeline import Outputs, Pipeline
 from sensor.source import SourceReport, read_captures
-
-
-def _fail(reason: str, code: int = 2) -> None:
-    click.echo(f"ics-sensor: error: {reason}", err=True)
-    sys.exit(code)
 
 
 def selected_paths(config: Config, extra: Iterable[str], no_builtin: bool) -> list[Path]:
@@ -42,7 +38,7 @@ def rule_detectors(config: Config, extra: Iterable[str] = (), no_builtin: bool =
         return [RuleEngine(rules, config.lists, float(config.raw["rules"]["aggregate_seconds"]))]
     except RuleLoadError as e:
         click.echo("\n".join(str(p) for p in e.problems), err=True)
-        _fail(f"{len(e.problems)} problem(s) in the rule files; no rule was loaded")
+        fail(f"{len(e.problems)} problem(s) in the rule files; no rule was loaded")
     return []
 
 
@@ -124,13 +120,13 @@ def _load(paths: tuple[str, ...], config_path: str | None, no_builtin: bool) -> 
     try:
         config = load_config(config_path)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     selected = [Path(p) for p in paths] if paths else selected_paths(config, (), no_builtin)
     try:
         return config, load_rules(selected)
     except RuleLoadError as e:
         click.echo("\n".join(str(p) for p in e.problems), err=True)
-        _fail(f"{len(e.problems)} problem(s) in the rule files; no rule was loaded", 1)
+        fail(f"{len(e.problems)} problem(s) in the rule files; no rule was loaded", 1)
     raise AssertionError("unreachable")
 
 

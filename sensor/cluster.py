@@ -121,7 +121,7 @@ def replay_cluster(
     es_urls: tuple[str, ...], rules_paths: tuple[str, ...], no_builtin_rules: bool, model_path: str | None,
 ) -> None:  # fmt: skip
     """Replay an archive on a Dask cluster: one task per capture file (needs `pip install 'dask[distributed]'`)."""
-    from sensor.cli import fail
+    from sensor.cli_fail import fail
     from sensor.source import CaptureError
 
     try:

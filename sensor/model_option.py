@@ -11,13 +11,8 @@ from typing import Any
 
 import click
 
+from sensor.cli_fail import fail
 from sensor.config import Config
-
-
-def _fail(reason: str) -> None:
-    from sensor.cli import fail  # the CLI's one error exit (imported here: sensor.cli imports this module)
-
-    fail(reason)
 
 
 def load_model(path: str) -> Any:
@@ -26,8 +21,7 @@ def load_model(path: str) -> Any:
     try:
         return Model.load(path)
     except ModelError as e:
-        _fail(str(e))
-        raise
+        fail(str(e))
 
 
 def model_detectors(config: Config, path: str | None, learn_to: str | None = None) -> list[Any]:
@@ -35,7 +29,7 @@ def model_detectors(config: Config, path: str | None, learn_to: str | None = Non
     path = path or config.raw.get("model", {}).get("path")
     if not path:
         if learn_to:
-            _fail("--model-learn needs --model")
+            fail("--model-learn needs --model")
         return []
     from detectors.anomaly import AnomalyDetector, LearnOptions
 
