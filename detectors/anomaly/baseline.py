@@ -486,18 +486,18 @@ class Baseline:
         out: list[Deviation] = []
         span = self.training_span()
         secs = self.window_seconds
-        for n, noun, learned, severity, techniques in (
+        for count, noun, learned, severity, techniques in (
             (w.requests, "requests", "max_requests", "medium", ("T0814",)),
             (w.writes, "writes", "max_writes", "high", ("T0855", "T0836")),
         ):
-            if n > math.ceil(s[learned] * 1.5) + 2:
+            if count > math.ceil(s[learned] * 1.5) + 2:
                 what = noun.rstrip("s")
                 out.append(Deviation(
                     f"{what}_rate", f"{pk}|{'rate' if noun == 'requests' else noun}",
                     f"Baseline: {what} rate above the learned maximum",
-                    f"{n} {noun} from {p[0]} to {p[1]} port {p[3]} in {secs:g} s, at most "
+                    f"{count} {noun} from {p[0]} to {p[1]} port {p[3]} in {secs:g} s, at most "
                     f"{int(s[learned])} per {secs:g} s window in {span} of training",
-                    severity, techniques, m, {noun: n, f"learned_{learned}": s[learned], "window_seconds": secs},
+                    severity, techniques, m, {noun: count, f"learned_{learned}": s[learned], "window_seconds": secs},
                     learnable=False,
                 ))  # fmt: skip
         for sig, period in window_periods(w):

@@ -439,36 +439,36 @@ class AnomalyDetector:
         out = [a for e in pairs for d in e.deviations if (a := self._deviation_alert(d, end)) is not None]
         if not (full and self.use_model and self.model.groups):
             return out
-        by_group: dict[str, list[PairWindow]] = {}
+        by_group: dict[str, list[tuple[PairWindow, list[float], Message]]] = {}
         for e in pairs:
-            if e.vector is not None:
+            if e.vector is not None and e.last is not None:
                 g = self.model.group_for(pair_str(e.pair), e.pair[2])
                 if g is not None:
-                    by_group.setdefault(g.key, []).append(e)
+                    by_group.setdefault(g.key, []).append((e, e.vector, e.last))
         for key, items in by_group.items():
             g = self.model.groups[key]
             self.windows_scored += len(items)
+            rows = [x for _, x, _ in items]
             if isinstance(g.forest, Knn):
                 # Skipped when every row is bounded below the threshold by its pair's last nearest neighbours.
                 # Otherwise every row is scored, in one batch as before: a row's float32 score can differ in its
                 # last bits with the batch's size (matrix product kernels), and the alerts print it.
                 near = self.near
-                if all((n := near.get(e.pair)) is not None and g.forest.below(e.vector, g.threshold, n) for e in items):
+                if all((n := near.get(e.pair)) is not None and g.forest.below(x, g.threshold, n) for e, x, _ in items):
                     continue
-                scores, found = g.forest.score_near(np.asarray([e.vector for e in items]))
+                scores, found = g.forest.score_near(np.asarray(rows))
                 if len(near) + len(items) > MAX_NEAR:
                     near.clear()
-                near.update(islice(zip([e.pair for e in items], found, strict=True), MAX_NEAR))
+                near.update(islice(zip([e.pair for e, _, _ in items], found, strict=True), MAX_NEAR))
             else:
-                scores = g.forest.score(np.asarray([e.vector for e in items]))
-            for e, s in zip(items, scores, strict=True):
+                scores = g.forest.score(np.asarray(rows))
+            for (e, x, m), s in zip(items, scores, strict=True):
                 if s > g.threshold and self._fresh(f"model|{pair_str(e.pair)}", end):
-                    out.append(self._model_alert(e, float(s), g, start, end))
+                    out.append(self._model_alert(e.pair, x, m, float(s), g, start, end))
         return out
 
-    def _model_alert(self, e: PairWindow, score: float, g: Any, start: int, end: int) -> Alert:
-        p = e.pair
-        stand = g.standouts(e.vector)
+    def _model_alert(self, p: Pair, x: list[float], m: Message, score: float, g: Any, start: int, end: int) -> Alert:
+        stand = g.standouts(x)
         for s in stand:
             if s["feature"] in LOG_FEATURES:
                 s["value"] = round(math.expm1(s["value"]), 3)
@@ -485,7 +485,7 @@ class AnomalyDetector:
             ts=end, rule_id="ICS-MODEL-WINDOW", rule_name="Anomaly model: unusual traffic window",
             description="A per-pair time window scored above the threshold learned from training windows.",
             severity="medium", techniques=techniques, attack_version=ATTACK_VERSION, detector="model",
-            message=e.last, first_ts=start, last_ts=end,
+            message=m, first_ts=start, last_ts=end,
             explanation=(
                 f"{p[0]} to {p[1]} port {p[3]} ({p[2]}), {self.seconds:g} s window from {when} UTC "
                 f"({clock(start)}): anomaly score {score:.3f} above threshold {g.threshold:.3f} learned from "
