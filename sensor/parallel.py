@@ -1014,7 +1014,7 @@ def _release(bufs: list[_Buffer], limit: int, parent: _Parent, ctrl: mmap.mmap |
             parent.detect(dets[0])
         elif dets:
             det = [item for d in dets for item in d]
-            det.sort(key=itemgetter(0, 1))  # stable: within one worker its own order is kept
+            det.sort(key=_ITEM_KEY)  # stable: within one worker its own order is kept
             parent.detect(det)
 
 
